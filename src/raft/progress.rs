@@ -1,0 +1,211 @@
+//! What a leader knows about one follower's log: how far it matches, where to send next, and
+//! how many appends may be in flight. Pure bookkeeping; the replica decides what to send.
+
+use std::collections::VecDeque;
+
+use super::types::{Index, Snapshot};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProgressState {
+    /// Where the follower's log matches is unknown: one append at a time, waiting for the answer.
+    Probe,
+    /// The follower matches up to `match_index`: appends are pipelined up to the window.
+    Replicate,
+    /// The follower needs a snapshot; appends wait until it is installed.
+    Snapshot,
+}
+
+/// Invariants: `match_index < next_index`; in `Replicate`, every in-flight last index is
+/// `>= match_index` and `< next_index`, and there are at most `inflight_max` of them.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    pub match_index: Index,
+    pub next_index: Index,
+    pub state: ProgressState,
+    /// In `Probe`: an append was sent and no answer came back yet.
+    pub probe_sent: bool,
+    /// In `Snapshot`: the snapshot being streamed and the byte offset acknowledged so far.
+    /// The snapshot is pinned here (a cheap shared handle) so that compactions on the leader
+    /// during the stream do not restart it: a follower always finishes the one it began.
+    pub pending_snapshot: Index,
+    pub snapshot_offset: u64,
+    pub streaming: Option<Snapshot>,
+    /// Last index of each append in flight (Replicate only), oldest first.
+    inflight: VecDeque<Index>,
+    inflight_max: usize,
+    /// Heard from since the last check-quorum round.
+    pub recent_active: bool,
+    /// Highest ReadIndex round this follower acknowledged.
+    pub read_seq_acked: u64,
+}
+
+impl Progress {
+    pub fn new(next_index: Index, inflight_max: usize) -> Progress {
+        assert!(next_index >= 1);
+        assert!(inflight_max >= 1);
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ProgressState::Probe,
+            probe_sent: false,
+            pending_snapshot: 0,
+            snapshot_offset: 0,
+            streaming: None,
+            inflight: VecDeque::new(),
+            inflight_max,
+            recent_active: false,
+            read_seq_acked: 0,
+        }
+    }
+
+    fn reset_state(&mut self, state: ProgressState) {
+        self.state = state;
+        self.probe_sent = false;
+        self.pending_snapshot = 0;
+        self.snapshot_offset = 0;
+        self.streaming = None;
+        self.inflight.clear();
+    }
+
+    pub fn become_probe(&mut self) {
+        let next = if self.state == ProgressState::Snapshot {
+            (self.match_index + 1).max(self.pending_snapshot + 1)
+        } else {
+            self.match_index + 1
+        };
+        self.reset_state(ProgressState::Probe);
+        self.next_index = next;
+    }
+
+    pub fn become_replicate(&mut self) {
+        self.reset_state(ProgressState::Replicate);
+        self.next_index = self.match_index + 1;
+    }
+
+    pub fn become_snapshot(&mut self, snapshot: Snapshot) {
+        self.reset_state(ProgressState::Snapshot);
+        self.pending_snapshot = snapshot.meta.index;
+        self.streaming = Some(snapshot);
+    }
+
+    /// Whether the leader must hold back appends to this follower.
+    pub fn is_paused(&self) -> bool {
+        match self.state {
+            ProgressState::Probe => self.probe_sent,
+            ProgressState::Replicate => self.inflight.len() >= self.inflight_max,
+            ProgressState::Snapshot => true,
+        }
+    }
+
+    /// Records an append sent with entries ending at `last_index` (Replicate: optimistic next).
+    pub fn sent_entries(&mut self, last_index: Option<Index>) {
+        match self.state {
+            ProgressState::Replicate => {
+                if let Some(last) = last_index {
+                    assert!(
+                        last >= self.next_index,
+                        "append ending at {last} before next {}",
+                        self.next_index
+                    );
+                    self.next_index = last + 1;
+                    assert!(
+                        self.inflight.len() < self.inflight_max,
+                        "in-flight window overflow"
+                    );
+                    self.inflight.push_back(last);
+                }
+            }
+            ProgressState::Probe => self.probe_sent = true,
+            ProgressState::Snapshot => {
+                unreachable!("appends are not sent while a snapshot streams")
+            }
+        }
+    }
+
+    /// A successful append answer up to `index`. Returns whether `match_index` advanced.
+    pub fn maybe_update(&mut self, index: Index) -> bool {
+        let updated = index > self.match_index;
+        if updated {
+            self.match_index = index;
+            self.probe_sent = false;
+        }
+        self.next_index = self.next_index.max(index + 1);
+        while self.inflight.front().is_some_and(|&last| last <= index) {
+            self.inflight.pop_front();
+        }
+        updated
+    }
+
+    /// A rejected append for `rejected` (its prev_index); `match_hint` is the leader's guess of
+    /// the last index that may match. Returns false when the rejection is stale.
+    pub fn maybe_decrease_to(&mut self, rejected: Index, match_hint: Index) -> bool {
+        if self.state == ProgressState::Replicate {
+            if rejected <= self.match_index {
+                return false;
+            }
+            self.next_index = self.match_index + 1;
+            return true;
+        }
+        if self.next_index.saturating_sub(1) != rejected {
+            return false;
+        }
+        self.next_index = rejected.min(match_hint + 1).max(self.match_index + 1);
+        self.probe_sent = false;
+        true
+    }
+
+    /// Frees the oldest in-flight slot when the window is full, so a lost append cannot
+    /// stall replication forever: the next append then exposes the gap and the follower's
+    /// rejection moves the progress back to probing.
+    pub fn free_oldest_if_full(&mut self) {
+        if self.inflight.len() >= self.inflight_max {
+            self.inflight.pop_front();
+        }
+    }
+
+    pub fn inflight_count(&self) -> usize {
+        self.inflight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicate_window_pauses_when_full_and_frees_on_ack() {
+        let mut progress = Progress::new(1, 2);
+        progress.become_replicate();
+        progress.sent_entries(Some(3));
+        progress.sent_entries(Some(5));
+        assert!(progress.is_paused());
+        assert!(progress.maybe_update(3));
+        assert!(!progress.is_paused());
+        assert_eq!(progress.inflight_count(), 1);
+        assert_eq!(progress.next_index, 6);
+    }
+
+    #[test]
+    fn probe_ignores_stale_rejections_and_moves_back_strictly() {
+        let mut progress = Progress::new(10, 4);
+        assert!(
+            !progress.maybe_decrease_to(5, 3),
+            "stale: not our last probe"
+        );
+        assert!(progress.maybe_decrease_to(9, 3));
+        assert_eq!(progress.next_index, 4);
+        assert!(progress.maybe_decrease_to(3, 100));
+        assert_eq!(progress.next_index, 3, "never moves forward on a rejection");
+    }
+
+    #[test]
+    fn leaving_snapshot_resumes_after_the_snapshot() {
+        let mut progress = Progress::new(1, 4);
+        let mut snapshot = Snapshot::default();
+        snapshot.meta.index = 50;
+        progress.become_snapshot(snapshot);
+        assert!(progress.is_paused());
+        progress.become_probe();
+        assert_eq!(progress.next_index, 51);
+    }
+}

@@ -1,0 +1,43 @@
+//! The batch of work a replica hands its caller: what to persist, what to send, what to apply.
+
+use super::types::{Entry, HardState, Message, NodeId, ReadState, Role, Snapshot, Term};
+
+/// Volatile state worth reporting when it changes (for routing and metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftState {
+    pub role: Role,
+    pub leader: NodeId,
+    pub term: Term,
+}
+
+/// One Ready, numbered. The contract, in order:
+/// 1. `messages` may be sent at once, before anything is durable (they are a leader's appends,
+///    heartbeats and snapshot chunks: thesis 10.2.1).
+/// 2. Persist `snapshot` (it replaces the group's log and data), then `entries` (they replace
+///    any stored entries at or after `entries[0].index`), then `hard_state`; these writes must
+///    be applied in Ready order, and made durable before step 3.
+/// 3. Once this Ready and every earlier one is durable: send `persisted_messages` and call
+///    `Raft::on_persisted(number)`.
+/// 4. Apply `committed_entries` in order (they are already durable locally and committed).
+///    `read_states` may be answered once the state machine has applied their index.
+#[derive(Debug, Default)]
+pub struct Ready {
+    pub number: u64,
+    pub soft_state: Option<SoftState>,
+    pub hard_state: Option<HardState>,
+    pub snapshot: Option<Snapshot>,
+    pub entries: Vec<Entry>,
+    pub messages: Vec<crate::raft::Message>,
+    pub persisted_messages: Vec<Message>,
+    pub committed_entries: Vec<Entry>,
+    pub read_states: Vec<ReadState>,
+    /// Contexts of ReadIndex requests dropped because leadership was lost: answer NotLeader.
+    pub dropped_reads: Vec<u64>,
+}
+
+impl Ready {
+    /// Whether this Ready has anything to write to storage.
+    pub fn must_persist(&self) -> bool {
+        self.hard_state.is_some() || self.snapshot.is_some() || !self.entries.is_empty()
+    }
+}

@@ -1,0 +1,126 @@
+//! Owns the shape of one write: everything that every group of a core produced in one loop
+//! iteration, written atomically with at most one sync. Plain data; the translation into engine
+//! operations lives in `store`.
+
+use bytes::Bytes;
+
+use crate::raft::{ConfState, Entry, GroupId, HardState, Index, Snapshot, SnapshotMeta, Term};
+
+/// One atomic write for many groups. Either every part of every group is durable after a
+/// successful `write` with `sync` set, or (after a crash) none of it is.
+#[derive(Clone, Debug, Default)]
+pub struct WriteBatch {
+    /// Processed in order; a group may appear more than once (its parts are applied in order).
+    pub groups: Vec<GroupWrite>,
+    /// Make the batch durable (one fdatasync of the engine's log for the whole batch) before
+    /// `write` returns. Without it the batch is visible but may be lost by a crash.
+    pub sync: bool,
+}
+
+impl WriteBatch {
+    pub fn new(sync: bool) -> WriteBatch {
+        WriteBatch {
+            groups: Vec::new(),
+            sync,
+        }
+    }
+
+    pub fn push(&mut self, write: GroupWrite) {
+        self.groups.push(write);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.groups.iter().all(GroupWrite::is_empty)
+    }
+
+    /// Log entries across all groups (for metrics).
+    pub fn entry_count(&self) -> usize {
+        self.groups.iter().map(|g| g.entries.len()).sum()
+    }
+}
+
+/// What one group writes in a batch. The parts are applied in field order: `destroy`, `snapshot`,
+/// `entries`, `hard_state`, `apply`, `compact`.
+#[derive(Clone, Debug, Default)]
+pub struct GroupWrite {
+    /// Must not be [`super::GROUP_RESERVED`].
+    pub group: GroupId,
+    /// Remove every record of the group (the replica was removed from this node).
+    pub destroy: bool,
+    /// Replace the group's log, kv data and applied state with a snapshot.
+    pub snapshot: Option<SnapshotInstall>,
+    /// Contiguous entries. If the first index is at or below the stored last index, the stored
+    /// log from that index on is replaced (suffix truncation, then append). The first index
+    /// must not leave a gap after the stored log (or after the snapshot point if the log is
+    /// empty).
+    pub entries: Vec<Entry>,
+    pub hard_state: Option<HardState>,
+    /// Results of applying committed entries, written with the applied index that covers them.
+    pub apply: Option<Apply>,
+    /// Delete log entries up to and including `index` and record the snapshot point. Must not
+    /// exceed the applied index; a compaction at or below the current snapshot point is a no-op.
+    pub compact: Option<SnapshotMeta>,
+}
+
+impl GroupWrite {
+    pub fn new(group: GroupId) -> GroupWrite {
+        GroupWrite {
+            group,
+            ..GroupWrite::default()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.destroy
+            && self.snapshot.is_none()
+            && self.entries.is_empty()
+            && self.hard_state.is_none()
+            && self.apply.is_none()
+            && self.compact.is_none()
+    }
+}
+
+/// The effect of applying committed entries up to `index`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Apply {
+    /// The last applied entry; must be above the stored applied index (never apply twice).
+    pub index: Index,
+    pub term: Term,
+    /// The configuration in force at `index`, when it changed since the last apply.
+    pub conf_state: Option<ConfState>,
+    pub ops: Vec<KvOp>,
+}
+
+/// A mutation of one group's kv data. Keys are the group's user keys (without the group prefix).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    Put {
+        key: Bytes,
+        value: Bytes,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// Deletes every key in `[start, end)`; an empty `end` means "to the end of the group".
+    DeleteRange {
+        start: Bytes,
+        end: Bytes,
+    },
+}
+
+/// A snapshot to install: the meta and the data as produced by
+/// [`super::KvSnapshotReader::next_chunk`] (the chunks, in order; each one or more whole frames).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotInstall {
+    pub meta: SnapshotMeta,
+    pub chunks: Vec<Bytes>,
+}
+
+impl From<Snapshot> for SnapshotInstall {
+    fn from(snapshot: Snapshot) -> SnapshotInstall {
+        SnapshotInstall {
+            meta: snapshot.meta,
+            chunks: vec![snapshot.data],
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Owns the RocksDB engine: one database per core directory with one column family per key
+//! space, and the options that make synced writes cheap. Knows nothing of Raft; `store` does.
+//!
+//! Option choices (why):
+//! - `recycle_log_file_num = 4`: WAL files are reused instead of created and grown, so the
+//!   fdatasync of a synced batch does not also pay for file-size metadata (on this machine kind
+//!   0.14 ms for a preallocated file versus 3.4 ms for a growing one).
+//! - `manual_wal_flush = false`: every write reaches the WAL file at once; a synced write is one
+//!   write plus one fdatasync (`use_fsync = false`).
+//! - `wal_recovery_mode = PointInTime`: after a crash the WAL is replayed up to the last intact
+//!   record; a torn, never-synced tail is dropped, and synced writes are never lost.
+//! - `paranoid_checks` (default on) and block checksums catch damage under RocksDB's own formats;
+//!   our records carry their own crc32c on top.
+//! - `max_background_jobs = 2` and a bounded total WAL size, for the small machines we run on.
+//! - LZ4 compression (the only codec compiled in).
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options, ReadOptions,
+    WriteOptions, DB,
+};
+
+use super::engine::{RawBatch, RawEngine, RawOp, RawRangeView};
+use super::error::{Result, StorageError};
+use super::keys::Space;
+use super::store::Store;
+
+/// How many bytes of pairs a snapshot view's producer thread hands over at a time.
+const VIEW_BATCH_BYTES_MAX: usize = 256 * 1024;
+
+/// Key/value pairs as the snapshot producer thread hands them over.
+type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// A RocksDB database holding the three key spaces as column families.
+pub struct RocksEngine {
+    db: Arc<DB>,
+    sync_write: WriteOptions,
+    async_write: WriteOptions,
+}
+
+/// The default backend: [`Store`] over RocksDB.
+pub type RocksDbBackend = Store<RocksEngine>;
+
+fn options() -> Options {
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_recycle_log_file_num(4);
+    options.set_manual_wal_flush(false);
+    options.set_use_fsync(false);
+    options.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    options.set_max_background_jobs(2);
+    options.set_max_total_wal_size(256 << 20);
+    options.set_bytes_per_sync(1 << 20);
+    options.set_keep_log_file_num(4);
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_level_compaction_dynamic_level_bytes(true);
+    options
+}
+
+impl RocksEngine {
+    /// Opens (creating if needed) the database in directory `path`.
+    pub fn open(path: &Path) -> Result<RocksEngine> {
+        let options = options();
+        let families =
+            Space::ALL.map(|space| ColumnFamilyDescriptor::new(space.name(), options.clone()));
+        let db = DB::open_cf_descriptors(&options, path, families)?;
+        let mut sync_write = WriteOptions::default();
+        sync_write.set_sync(true);
+        let mut async_write = WriteOptions::default();
+        async_write.set_sync(false);
+        Ok(RocksEngine {
+            db: Arc::new(db),
+            sync_write,
+            async_write,
+        })
+    }
+
+    fn family(&self, space: Space) -> Result<&ColumnFamily> {
+        family(&self.db, space)
+    }
+
+    fn iterator_options(start: &[u8], end: &[u8]) -> ReadOptions {
+        let mut options = ReadOptions::default();
+        options.set_iterate_lower_bound(start.to_vec());
+        options.set_iterate_upper_bound(end.to_vec());
+        options
+    }
+}
+
+fn family(db: &DB, space: Space) -> Result<&ColumnFamily> {
+    db.cf_handle(space.name())
+        .ok_or_else(|| StorageError::RocksDb(format!("column family {} missing", space.name())))
+}
+
+impl Store<RocksEngine> {
+    /// Opens the RocksDB backend in directory `path`.
+    pub fn open_rocksdb(path: &Path) -> Result<RocksDbBackend> {
+        Ok(Store::new(RocksEngine::open(path)?))
+    }
+}
+
+impl RawEngine for RocksEngine {
+    fn write(&mut self, batch: &RawBatch, sync: bool) -> Result<()> {
+        let families = [
+            self.family(Space::Log)?,
+            self.family(Space::State)?,
+            self.family(Space::Kv)?,
+        ];
+        let mut write = rocksdb::WriteBatch::default();
+        for op in &batch.ops {
+            match op {
+                RawOp::Put { space, key, value } => {
+                    write.put_cf(families[space.slot()], key, value)
+                }
+                RawOp::Delete { space, key } => write.delete_cf(families[space.slot()], key),
+                RawOp::DeleteRange { space, start, end } => {
+                    if start < end {
+                        write.delete_range_cf(families[space.slot()], start, end)
+                    }
+                }
+            }
+        }
+        let options = if sync {
+            &self.sync_write
+        } else {
+            &self.async_write
+        };
+        self.db.write_opt(write, options)?;
+        Ok(())
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.family(space)?, key)?)
+    }
+
+    fn first_key(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>> {
+        if start >= end {
+            return Ok(None);
+        }
+        let mut iterator = self
+            .db
+            .raw_iterator_cf_opt(self.family(space)?, Self::iterator_options(start, end));
+        iterator.seek_to_first();
+        let key = iterator.key().map(<[u8]>::to_vec);
+        iterator.status()?;
+        Ok(key)
+    }
+
+    fn last_key(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Option<Vec<u8>>> {
+        if start >= end {
+            return Ok(None);
+        }
+        let mut iterator = self
+            .db
+            .raw_iterator_cf_opt(self.family(space)?, Self::iterator_options(start, end));
+        iterator.seek_to_last();
+        let key = iterator.key().map(<[u8]>::to_vec);
+        iterator.status()?;
+        Ok(key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut iterator = self
+            .db
+            .raw_iterator_cf_opt(self.family(space)?, Self::iterator_options(start, end));
+        iterator.seek_to_first();
+        while let Some((key, value)) = iterator.item() {
+            if !visit(key, value) {
+                break;
+            }
+            iterator.next();
+        }
+        iterator.status()?;
+        Ok(())
+    }
+
+    /// The iterator (which pins its own consistent view when created) lives on a small producer
+    /// thread that owns a handle to the database, so the view is owned and `Send` without unsafe
+    /// lifetime tricks. This returns only once the iterator exists; the producer hands over
+    /// batches through a channel of depth one, so memory stays bounded, and it stops when the
+    /// view is dropped.
+    fn view(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Box<dyn RawRangeView>> {
+        let db = Arc::clone(&self.db);
+        let (start, end) = (start.to_vec(), end.to_vec());
+        let (ready_sender, ready) = sync_channel::<Result<()>>(1);
+        let (sender, receiver) = sync_channel::<Result<Pairs>>(1);
+        let producer = move || {
+            let family = match family(&db, space) {
+                Ok(family) => family,
+                Err(error) => {
+                    let _ = ready_sender.send(Err(error));
+                    return;
+                }
+            };
+            let mut options = RocksEngine::iterator_options(&start, &end);
+            options.fill_cache(false);
+            let mut iterator = db.raw_iterator_cf_opt(family, options);
+            if ready_sender.send(Ok(())).is_err() {
+                return;
+            }
+            iterator.seek_to_first();
+            loop {
+                let mut pairs = Vec::new();
+                let mut bytes = 0;
+                while let Some((key, value)) = iterator.item() {
+                    bytes += key.len() + value.len();
+                    pairs.push((key.to_vec(), value.to_vec()));
+                    iterator.next();
+                    if bytes >= VIEW_BATCH_BYTES_MAX {
+                        break;
+                    }
+                }
+                let message = iterator
+                    .status()
+                    .map(|()| pairs)
+                    .map_err(StorageError::from);
+                let last = !matches!(&message, Ok(pairs) if !pairs.is_empty());
+                if sender.send(message).is_err() || last {
+                    return;
+                }
+            }
+        };
+        std::thread::Builder::new()
+            .name("kahuna-snapshot".to_string())
+            .spawn(producer)
+            .map_err(|error| StorageError::io("starting the snapshot reader thread", error))?;
+        match ready.recv() {
+            Ok(Ok(())) => Ok(Box::new(RocksView {
+                receiver,
+                buffer: VecDeque::new(),
+                finished: false,
+            })),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(StorageError::RocksDb(
+                "snapshot reader thread exited".to_string(),
+            )),
+        }
+    }
+}
+
+/// The receiving end of a snapshot view's producer thread.
+struct RocksView {
+    receiver: Receiver<Result<Pairs>>,
+    buffer: VecDeque<(Vec<u8>, Vec<u8>)>,
+    finished: bool,
+}
+
+impl RawRangeView for RocksView {
+    fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if self.buffer.is_empty() && !self.finished {
+            match self.receiver.recv() {
+                Ok(Ok(pairs)) if pairs.is_empty() => self.finished = true,
+                Ok(Ok(pairs)) => self.buffer = pairs.into(),
+                Ok(Err(error)) => {
+                    self.finished = true;
+                    return Err(error);
+                }
+                Err(_) => {
+                    self.finished = true;
+                    return Err(StorageError::RocksDb(
+                        "snapshot reader thread exited".to_string(),
+                    ));
+                }
+            }
+        }
+        Ok(self.buffer.pop_front())
+    }
+}
