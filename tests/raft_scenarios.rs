@@ -1,0 +1,459 @@
+//! Readable scenario tests for the Raft core over a hand-driven network: each test states a
+//! classic situation from the Raft thesis and what must (and must not) happen.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use kahuna::raft::*;
+
+/// A hand-driven cluster of one group. Storage is synchronous: every Ready is durable at once.
+struct Cluster {
+    nodes: BTreeMap<NodeId, Raft>,
+    applied: BTreeMap<NodeId, Vec<Entry>>,
+    reads: BTreeMap<NodeId, Vec<ReadState>>,
+    queue: Vec<Message>,
+    down: BTreeSet<NodeId>,
+    /// One-way cuts (from, to).
+    cuts: BTreeSet<(NodeId, NodeId)>,
+    fault: Option<SafetyFault>,
+}
+
+fn config(id: NodeId, fault: Option<SafetyFault>) -> Config {
+    Config {
+        id,
+        group: 1,
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        pre_vote: false,
+        check_quorum: false,
+        append_bytes_max: 1,
+        seed: id,
+        safety_fault: fault,
+        ..Config::default()
+    }
+}
+
+impl Cluster {
+    fn new(size: u64, tweak: impl Fn(&mut Config)) -> Cluster {
+        let voters: Vec<NodeId> = (1..=size).collect();
+        let mut nodes = BTreeMap::new();
+        for id in 1..=size {
+            let mut config = config(id, None);
+            tweak(&mut config);
+            let restore = RestoreState { initial_conf: ConfState::new(voters.clone(), vec![]), ..Default::default() };
+            nodes.insert(id, Raft::new(config, restore).unwrap());
+        }
+        Cluster {
+            applied: nodes.keys().map(|&id| (id, Vec::new())).collect(),
+            reads: nodes.keys().map(|&id| (id, Vec::new())).collect(),
+            nodes,
+            queue: Vec::new(),
+            down: BTreeSet::new(),
+            cuts: BTreeSet::new(),
+            fault: None,
+        }
+    }
+
+    fn node(&mut self, id: NodeId) -> &mut Raft {
+        self.nodes.get_mut(&id).unwrap()
+    }
+
+    /// Handles every pending Ready of `id` (persisting synchronously) and queues its messages.
+    fn drain(&mut self, id: NodeId) {
+        while self.nodes[&id].has_ready() {
+            let raft = self.nodes.get_mut(&id).unwrap();
+            let ready = raft.ready();
+            raft.on_persisted(ready.number);
+            self.applied.get_mut(&id).unwrap().extend(ready.committed_entries.iter().cloned());
+            self.reads.entry(id).or_default().extend(ready.read_states.iter().copied());
+            self.queue.extend(ready.messages);
+            self.queue.extend(ready.persisted_messages);
+        }
+    }
+
+    fn drain_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.down.contains(id)).collect();
+        for id in ids {
+            self.drain(id);
+        }
+    }
+
+    /// Delivers queued messages (and what they cause) until nothing moves. Messages to down
+    /// nodes and over cut links are dropped.
+    fn settle(&mut self) {
+        for _ in 0..10_000 {
+            self.drain_all();
+            if self.queue.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut self.queue);
+            for message in batch {
+                if self.down.contains(&message.to) || self.cuts.contains(&(message.from, message.to)) {
+                    continue;
+                }
+                self.node(message.to).step(message).unwrap();
+            }
+        }
+        panic!("cluster did not settle");
+    }
+
+    /// Delivers only the queued messages matching `keep`; the rest are dropped.
+    fn deliver_only(&mut self, keep: impl Fn(&Message) -> bool) {
+        self.drain_all();
+        let batch = std::mem::take(&mut self.queue);
+        for message in batch.into_iter().filter(|m| keep(m)) {
+            if !self.down.contains(&message.to) {
+                self.node(message.to).step(message).unwrap();
+            }
+        }
+    }
+
+    fn tick_all(&mut self, ticks: u32) {
+        for _ in 0..ticks {
+            let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.down.contains(id)).collect();
+            for id in ids {
+                self.node(id).tick();
+            }
+            self.settle();
+        }
+    }
+
+    fn elect(&mut self, id: NodeId) {
+        self.node(id).campaign();
+        self.settle();
+        assert!(self.nodes[&id].is_leader(), "node {id} should have won: {:?}", self.nodes[&id].status());
+    }
+
+    /// Crash and restart `id` from its (synchronously durable) state: volatile state is lost.
+    fn restart(&mut self, id: NodeId) {
+        let old = &self.nodes[&id];
+        let entries = (old.first_index()..=old.last_index()).map(|i| old.log_entry(i).unwrap().clone()).collect();
+        let voters: Vec<NodeId> = (1..=self.nodes.len() as u64).collect();
+        let restore = RestoreState {
+            hard_state: old.hard_state(),
+            snapshot: old.snapshot().cloned(),
+            entries,
+            applied: old.applied(),
+            initial_conf: ConfState::new(voters, vec![]),
+        };
+        let mut config = config(id, None);
+        config.safety_fault = self.fault;
+        self.nodes.insert(id, Raft::new(config, restore).unwrap());
+    }
+
+    fn isolate(&mut self, id: NodeId) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for other in ids.into_iter().filter(|&o| o != id) {
+            self.cuts.insert((id, other));
+            self.cuts.insert((other, id));
+        }
+    }
+
+    fn heal(&mut self) {
+        self.cuts.clear();
+    }
+
+    fn term_at(&self, id: NodeId, index: Index) -> Option<Term> {
+        self.nodes[&id].log_term(index)
+    }
+
+    fn applied_data(&self, id: NodeId) -> Vec<Bytes> {
+        self.applied[&id].iter().filter(|e| e.kind == EntryKind::Normal).map(|e| e.data.clone()).collect()
+    }
+}
+
+fn data(text: &str) -> Bytes {
+    Bytes::copy_from_slice(text.as_bytes())
+}
+
+/// Thesis Figure 8: a leader must not commit an entry of an earlier term by counting replicas.
+/// Returns whether the old-term entry was (wrongly) committed, and whether it was later lost.
+fn figure_8(fault: Option<SafetyFault>) -> (bool, bool) {
+    let mut cluster = Cluster::new(5, |config| config.safety_fault = fault);
+    cluster.fault = fault;
+    // (a) S1 leads term 1 and appends entry "a" (index 2); its appends are lost.
+    cluster.elect(1);
+    cluster.node(1).propose(data("a")).unwrap();
+    cluster.drain(1);
+    cluster.queue.clear();
+    // (b) S1 crashes; S5 wins term 2 with votes of S3 and S4 and appends its no-op at index 2
+    // locally only.
+    cluster.down.insert(1);
+    cluster.restart(1);
+    cluster.node(5).campaign();
+    cluster.deliver_only(|m| matches!(m.body, MessageBody::Vote { .. }) && (m.to == 3 || m.to == 4));
+    cluster.deliver_only(|m| matches!(m.body, MessageBody::VoteResponse { .. }));
+    assert!(cluster.nodes[&5].is_leader());
+    cluster.drain(5);
+    cluster.queue.clear();
+    let s5_term = cluster.nodes[&5].term();
+    // (c) S5 crashes; S1 comes back, wins term 3 with S2 and S3 and replicates the term-1
+    // entry at index 2 to them, so it sits on a majority (S1, S2, S3).
+    cluster.down.insert(5);
+    cluster.restart(5);
+    cluster.down.remove(&1);
+    // Its first campaign (term 2) is lost; the second runs at term 3.
+    cluster.node(1).campaign();
+    cluster.drain(1);
+    cluster.queue.clear();
+    cluster.node(1).campaign();
+    cluster.deliver_only(|m| matches!(m.body, MessageBody::Vote { .. }) && (m.to == 2 || m.to == 3));
+    cluster.deliver_only(|m| matches!(m.body, MessageBody::VoteResponse { .. }));
+    assert!(cluster.nodes[&1].is_leader());
+    // One entry per append: deliver the probe to S3 and its rejection, then the append carrying
+    // index 2 (term 1) to S3 and its acknowledgement, but not the no-op of term 3 after it.
+    for _ in 0..6 {
+        let lasts = [cluster.nodes[&2].last_index(), cluster.nodes[&3].last_index()];
+        cluster.deliver_only(|m| {
+            let to_follower = (m.to == 2 || m.to == 3)
+                && matches!(&m.body, MessageBody::Append { prev_index, entries, .. }
+                    if entries.iter().all(|e| e.index <= 2) || *prev_index > lasts[m.to as usize - 2]);
+            to_follower || ((m.from == 2 || m.from == 3) && m.to == 1)
+        });
+    }
+    for id in [2, 3] {
+        assert_eq!(cluster.term_at(id, 2), Some(1), "S{id} holds the term-1 entry");
+        assert_eq!(cluster.term_at(id, 3), None, "S{id} lacks the term-3 no-op");
+    }
+    let committed_old_entry = cluster.nodes[&1].committed() >= 2;
+    // (d) S1 crashes before its term-3 entry spreads; S5 returns and wins with S2, S3, S4 (its
+    // last term is newer) and overwrites index 2 everywhere.
+    cluster.down.insert(1);
+    cluster.restart(1);
+    cluster.down.remove(&5);
+    cluster.queue.clear();
+    cluster.node(5).campaign();
+    cluster.drain(5);
+    cluster.queue.clear();
+    cluster.node(5).campaign();
+    cluster.settle();
+    assert!(cluster.nodes[&5].is_leader(), "{:?}", cluster.nodes[&5].status());
+    cluster.node(5).propose(data("b")).unwrap();
+    cluster.settle();
+    let lost = cluster.term_at(3, 2) != Some(1) && cluster.nodes[&3].committed() >= 2;
+    assert!(s5_term > 1);
+    (committed_old_entry, lost)
+}
+
+#[test]
+fn figure_8_old_term_entries_are_not_committed_by_counting() {
+    let (committed, lost) = figure_8(None);
+    assert!(!committed, "the term-1 entry on a majority must not commit before a term-3 entry does");
+    assert!(lost, "the scenario does overwrite the uncommitted entry, which is allowed");
+}
+
+#[test]
+fn figure_8_with_the_rule_broken_loses_a_committed_entry() {
+    // Shows the scenario is real: without the current-term rule the entry commits, then is lost.
+    let (committed, lost) = figure_8(Some(SafetyFault::CommitEarlierTermByCount));
+    assert!(committed && lost, "committed={committed} lost={lost}");
+}
+
+#[test]
+fn partitioned_old_leader_cannot_commit_and_rejoins_as_follower() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.check_quorum = true;
+        config.pre_vote = true;
+        config.append_bytes_max = 1 << 20;
+    });
+    cluster.elect(1);
+    cluster.node(1).propose(data("before")).unwrap();
+    cluster.settle();
+    cluster.isolate(1);
+    // The old leader accepts a proposal it can never commit.
+    let (stale_index, _) = cluster.node(1).propose(data("stale")).unwrap();
+    cluster.settle();
+    // The majority side elects a new leader and commits.
+    cluster.tick_all(40);
+    let new_leader = [2, 3].into_iter().find(|&id| cluster.nodes[&id].is_leader()).expect("majority elects a leader");
+    cluster.node(new_leader).propose(data("after")).unwrap();
+    cluster.settle();
+    // Check-quorum made the isolated leader step down.
+    assert!(!cluster.nodes[&1].is_leader(), "isolated leader steps down under check-quorum");
+    assert!(cluster.nodes[&1].committed() < stale_index);
+    cluster.heal();
+    cluster.tick_all(20);
+    for id in 1..=3 {
+        assert_eq!(cluster.applied_data(id), vec![data("before"), data("after")], "node {id}");
+    }
+}
+
+#[test]
+fn follower_with_a_long_conflicting_suffix_is_repaired_quickly() {
+    let mut cluster = Cluster::new(3, |config| config.append_bytes_max = 1 << 20);
+    cluster.elect(1);
+    cluster.node(1).propose(data("common")).unwrap();
+    cluster.settle();
+    // Node 1 leads alone and piles up 100 uncommitted entries.
+    cluster.isolate(1);
+    for i in 0..100 {
+        cluster.node(1).propose(data(&format!("doomed-{i}"))).unwrap();
+    }
+    cluster.settle();
+    // Nodes 2 and 3 move on under a new leader with 50 entries of a newer term.
+    cluster.elect(2);
+    for i in 0..50 {
+        cluster.node(2).propose(data(&format!("kept-{i}"))).unwrap();
+    }
+    cluster.settle();
+    cluster.heal();
+    // Node 1 hears from the newer leader, steps down, and its suffix is replaced. Count the
+    // rejections it takes: fast backtracking needs a handful, not one per entry.
+    cluster.tick_all(3);
+    let mut rejections = 0;
+    for _ in 0..50 {
+        cluster.drain_all();
+        if cluster.queue.is_empty() {
+            break;
+        }
+        rejections += cluster.queue.iter().filter(|m| matches!(m.body, MessageBody::AppendResponse { reject: true, .. })).count();
+        let batch = std::mem::take(&mut cluster.queue);
+        for message in batch {
+            cluster.node(message.to).step(message).unwrap();
+        }
+    }
+    assert!(rejections <= 3, "fast backtracking took {rejections} rejections");
+    let expected: Vec<Bytes> =
+        std::iter::once(data("common")).chain((0..50).map(|i| data(&format!("kept-{i}")))).collect();
+    for id in 1..=3 {
+        assert_eq!(cluster.applied_data(id), expected, "node {id}");
+        assert_eq!(cluster.nodes[&id].last_index(), cluster.nodes[&2].last_index());
+    }
+}
+
+#[test]
+fn leader_transfer_during_load_moves_leadership_without_losing_writes() {
+    let mut cluster = Cluster::new(3, |config| config.append_bytes_max = 1 << 20);
+    cluster.elect(1);
+    let mut accepted = Vec::new();
+    for i in 0..20 {
+        let value = data(&format!("v{i}"));
+        cluster.node(1).propose(value.clone()).unwrap();
+        accepted.push(value);
+    }
+    // Transfer while those are still in flight.
+    cluster.node(1).transfer_leader(3).unwrap();
+    assert!(matches!(cluster.node(1).propose(data("refused")), Err(RaftError::TransferInProgress { to: 3 })));
+    cluster.settle();
+    assert!(cluster.nodes[&3].is_leader(), "transfer target leads: {:?}", cluster.nodes[&3].status());
+    assert!(!cluster.nodes[&1].is_leader());
+    for i in 20..30 {
+        let value = data(&format!("v{i}"));
+        cluster.node(3).propose(value.clone()).unwrap();
+        accepted.push(value);
+    }
+    cluster.settle();
+    cluster.tick_all(4);
+    for id in 1..=3 {
+        assert_eq!(cluster.applied_data(id), accepted, "node {id}");
+    }
+}
+
+#[test]
+fn read_index_waits_for_a_quorum_and_a_current_term_commit() {
+    let mut cluster = Cluster::new(3, |config| config.append_bytes_max = 1 << 20);
+    cluster.elect(1);
+    cluster.node(1).propose(data("x")).unwrap();
+    cluster.settle();
+    cluster.node(1).read_index(7).unwrap();
+    // Before the heartbeat round trip, nothing is confirmed.
+    cluster.drain(1);
+    assert!(cluster.reads[&1].is_empty());
+    cluster.settle();
+    let committed = cluster.nodes[&1].committed();
+    assert_eq!(cluster.reads[&1], vec![ReadState { context: 7, index: committed }]);
+    // Followers refuse and point at the leader.
+    assert_eq!(cluster.node(2).read_index(8), Err(RaftError::NotLeader { leader: 1 }));
+    // An isolated leader cannot confirm reads.
+    cluster.isolate(1);
+    cluster.node(1).read_index(9).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.reads[&1].len(), 1, "read 9 must not be confirmed without a quorum");
+    // A new leader's reads wait until it commits an entry of its own term.
+    cluster.heal();
+    cluster.elect(2);
+    cluster.isolate(2);
+    cluster.node(2).campaign();
+    cluster.heal();
+}
+
+#[test]
+fn membership_changes_one_voter_at_a_time_with_a_learner_first() {
+    let mut cluster = Cluster::new(3, |config| config.append_bytes_max = 1 << 20);
+    // Node 4 starts empty: it is in no configuration yet.
+    let restore = RestoreState::default();
+    cluster.nodes.insert(4, Raft::new(config(4, None), restore).unwrap());
+    cluster.applied.insert(4, Vec::new());
+    cluster.elect(1);
+    cluster.node(1).propose(data("one")).unwrap();
+    cluster.settle();
+    // Two voter changes at once are refused.
+    let too_many = ConfState::new(vec![1, 4, 5], vec![]);
+    assert!(matches!(cluster.node(1).propose_conf_change(too_many), Err(RaftError::InvalidConfChange(_))));
+    // Add 4 as a learner: it catches up but does not vote.
+    cluster.node(1).propose_conf_change(ConfState::new(vec![1, 2, 3], vec![4])).unwrap();
+    // A second change while the first is uncommitted is refused.
+    assert!(matches!(
+        cluster.node(1).propose_conf_change(ConfState::new(vec![1, 2, 3, 4], vec![])),
+        Err(RaftError::ConfChangePending { .. })
+    ));
+    cluster.settle();
+    cluster.tick_all(4);
+    assert_eq!(cluster.applied_data(4), vec![data("one")]);
+    assert!(cluster.nodes[&4].conf_state().is_learner(4));
+    // Promote it, then remove node 1 (the leader), which steps down once that commits.
+    cluster.node(1).propose_conf_change(ConfState::new(vec![1, 2, 3, 4], vec![])).unwrap();
+    cluster.settle();
+    cluster.node(1).propose_conf_change(ConfState::new(vec![2, 3, 4], vec![])).unwrap();
+    cluster.settle();
+    cluster.tick_all(4);
+    assert!(!cluster.nodes[&1].is_leader(), "removed leader steps down");
+    cluster.tick_all(60);
+    let leader = [2, 3, 4].into_iter().find(|&id| cluster.nodes[&id].is_leader()).expect("new leader among 2,3,4");
+    cluster.node(leader).propose(data("two")).unwrap();
+    cluster.settle();
+    cluster.tick_all(4);
+    for id in 2..=4 {
+        assert_eq!(cluster.applied_data(id), vec![data("one"), data("two")], "node {id}");
+    }
+}
+
+#[test]
+fn lagging_follower_catches_up_from_a_chunked_snapshot() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        config.snapshot_chunk_bytes = 3;
+    });
+    cluster.elect(1);
+    cluster.down.insert(3);
+    for i in 0..10 {
+        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
+    }
+    cluster.settle();
+    let applied = cluster.nodes[&1].applied();
+    cluster.node(1).compact(applied, data("state-machine-image")).unwrap();
+    cluster.node(2).compact(applied, data("state-machine-image")).unwrap();
+    cluster.down.remove(&3);
+    cluster.tick_all(10);
+    let status = cluster.nodes[&3].status();
+    assert_eq!(status.applied, cluster.nodes[&1].applied(), "{status:?}");
+    let snapshot = cluster.nodes[&3].snapshot().expect("installed a snapshot");
+    assert_eq!(snapshot.data, data("state-machine-image"));
+    assert_eq!(snapshot.meta.index, applied);
+}
+
+#[test]
+fn bad_input_is_an_error_not_a_panic() {
+    let mut cluster = Cluster::new(3, |_| {});
+    let wrong_group = Message { group: 9, from: 2, to: 1, term: 1, body: MessageBody::TimeoutNow };
+    assert!(matches!(cluster.node(1).step(wrong_group), Err(RaftError::WrongGroup { .. })));
+    let wrong_node = Message { group: 1, from: 2, to: 3, term: 1, body: MessageBody::TimeoutNow };
+    assert!(matches!(cluster.node(1).step(wrong_node), Err(RaftError::WrongNode { .. })));
+    assert!(matches!(cluster.node(1).propose(data("x")), Err(RaftError::NotLeader { .. })));
+    let bad = RestoreState {
+        hard_state: HardState { term: 1, vote: 0, commit: 5 },
+        initial_conf: ConfState::new(vec![1], vec![]),
+        ..Default::default()
+    };
+    assert!(matches!(Raft::new(config(1, None), bad), Err(RaftError::InvalidRestore(_))));
+}
