@@ -5,4 +5,5 @@
 
 pub mod proto;
 pub mod raft;
+pub mod shard;
 pub mod storage;

@@ -40,7 +40,10 @@ impl Cluster {
         for id in 1..=size {
             let mut config = config(id, None);
             tweak(&mut config);
-            let restore = RestoreState { initial_conf: ConfState::new(voters.clone(), vec![]), ..Default::default() };
+            let restore = RestoreState {
+                initial_conf: ConfState::new(voters.clone(), vec![]),
+                ..Default::default()
+            };
             nodes.insert(id, Raft::new(config, restore).unwrap());
         }
         Cluster {
@@ -64,15 +67,26 @@ impl Cluster {
             let raft = self.nodes.get_mut(&id).unwrap();
             let ready = raft.ready();
             raft.on_persisted(ready.number);
-            self.applied.get_mut(&id).unwrap().extend(ready.committed_entries.iter().cloned());
-            self.reads.entry(id).or_default().extend(ready.read_states.iter().copied());
+            self.applied
+                .get_mut(&id)
+                .unwrap()
+                .extend(ready.committed_entries.iter().cloned());
+            self.reads
+                .entry(id)
+                .or_default()
+                .extend(ready.read_states.iter().copied());
             self.queue.extend(ready.messages);
             self.queue.extend(ready.persisted_messages);
         }
     }
 
     fn drain_all(&mut self) {
-        let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.down.contains(id)).collect();
+        let ids: Vec<NodeId> = self
+            .nodes
+            .keys()
+            .copied()
+            .filter(|id| !self.down.contains(id))
+            .collect();
         for id in ids {
             self.drain(id);
         }
@@ -88,7 +102,9 @@ impl Cluster {
             }
             let batch = std::mem::take(&mut self.queue);
             for message in batch {
-                if self.down.contains(&message.to) || self.cuts.contains(&(message.from, message.to)) {
+                if self.down.contains(&message.to)
+                    || self.cuts.contains(&(message.from, message.to))
+                {
                     continue;
                 }
                 self.node(message.to).step(message).unwrap();
@@ -110,7 +126,12 @@ impl Cluster {
 
     fn tick_all(&mut self, ticks: u32) {
         for _ in 0..ticks {
-            let ids: Vec<NodeId> = self.nodes.keys().copied().filter(|id| !self.down.contains(id)).collect();
+            let ids: Vec<NodeId> = self
+                .nodes
+                .keys()
+                .copied()
+                .filter(|id| !self.down.contains(id))
+                .collect();
             for id in ids {
                 self.node(id).tick();
             }
@@ -121,13 +142,19 @@ impl Cluster {
     fn elect(&mut self, id: NodeId) {
         self.node(id).campaign();
         self.settle();
-        assert!(self.nodes[&id].is_leader(), "node {id} should have won: {:?}", self.nodes[&id].status());
+        assert!(
+            self.nodes[&id].is_leader(),
+            "node {id} should have won: {:?}",
+            self.nodes[&id].status()
+        );
     }
 
     /// Crash and restart `id` from its (synchronously durable) state: volatile state is lost.
     fn restart(&mut self, id: NodeId) {
         let old = &self.nodes[&id];
-        let entries = (old.first_index()..=old.last_index()).map(|i| old.log_entry(i).unwrap().clone()).collect();
+        let entries = (old.first_index()..=old.last_index())
+            .map(|i| old.log_entry(i).unwrap().clone())
+            .collect();
         let voters: Vec<NodeId> = (1..=self.nodes.len() as u64).collect();
         let restore = RestoreState {
             hard_state: old.hard_state(),
@@ -158,7 +185,11 @@ impl Cluster {
     }
 
     fn applied_data(&self, id: NodeId) -> Vec<Bytes> {
-        self.applied[&id].iter().filter(|e| e.kind == EntryKind::Normal).map(|e| e.data.clone()).collect()
+        self.applied[&id]
+            .iter()
+            .filter(|e| e.kind == EntryKind::Normal)
+            .map(|e| e.data.clone())
+            .collect()
     }
 }
 
@@ -181,7 +212,8 @@ fn figure_8(fault: Option<SafetyFault>) -> (bool, bool) {
     cluster.down.insert(1);
     cluster.restart(1);
     cluster.node(5).campaign();
-    cluster.deliver_only(|m| matches!(m.body, MessageBody::Vote { .. }) && (m.to == 3 || m.to == 4));
+    cluster
+        .deliver_only(|m| matches!(m.body, MessageBody::Vote { .. }) && (m.to == 3 || m.to == 4));
     cluster.deliver_only(|m| matches!(m.body, MessageBody::VoteResponse { .. }));
     assert!(cluster.nodes[&5].is_leader());
     cluster.drain(5);
@@ -197,13 +229,17 @@ fn figure_8(fault: Option<SafetyFault>) -> (bool, bool) {
     cluster.drain(1);
     cluster.queue.clear();
     cluster.node(1).campaign();
-    cluster.deliver_only(|m| matches!(m.body, MessageBody::Vote { .. }) && (m.to == 2 || m.to == 3));
+    cluster
+        .deliver_only(|m| matches!(m.body, MessageBody::Vote { .. }) && (m.to == 2 || m.to == 3));
     cluster.deliver_only(|m| matches!(m.body, MessageBody::VoteResponse { .. }));
     assert!(cluster.nodes[&1].is_leader());
     // One entry per append: deliver the probe to S3 and its rejection, then the append carrying
     // index 2 (term 1) to S3 and its acknowledgement, but not the no-op of term 3 after it.
     for _ in 0..6 {
-        let lasts = [cluster.nodes[&2].last_index(), cluster.nodes[&3].last_index()];
+        let lasts = [
+            cluster.nodes[&2].last_index(),
+            cluster.nodes[&3].last_index(),
+        ];
         cluster.deliver_only(|m| {
             let to_follower = (m.to == 2 || m.to == 3)
                 && matches!(&m.body, MessageBody::Append { prev_index, entries, .. }
@@ -212,7 +248,11 @@ fn figure_8(fault: Option<SafetyFault>) -> (bool, bool) {
         });
     }
     for id in [2, 3] {
-        assert_eq!(cluster.term_at(id, 2), Some(1), "S{id} holds the term-1 entry");
+        assert_eq!(
+            cluster.term_at(id, 2),
+            Some(1),
+            "S{id} holds the term-1 entry"
+        );
         assert_eq!(cluster.term_at(id, 3), None, "S{id} lacks the term-3 no-op");
     }
     let committed_old_entry = cluster.nodes[&1].committed() >= 2;
@@ -227,7 +267,11 @@ fn figure_8(fault: Option<SafetyFault>) -> (bool, bool) {
     cluster.queue.clear();
     cluster.node(5).campaign();
     cluster.settle();
-    assert!(cluster.nodes[&5].is_leader(), "{:?}", cluster.nodes[&5].status());
+    assert!(
+        cluster.nodes[&5].is_leader(),
+        "{:?}",
+        cluster.nodes[&5].status()
+    );
     cluster.node(5).propose(data("b")).unwrap();
     cluster.settle();
     let lost = cluster.term_at(3, 2) != Some(1) && cluster.nodes[&3].committed() >= 2;
@@ -238,8 +282,14 @@ fn figure_8(fault: Option<SafetyFault>) -> (bool, bool) {
 #[test]
 fn figure_8_old_term_entries_are_not_committed_by_counting() {
     let (committed, lost) = figure_8(None);
-    assert!(!committed, "the term-1 entry on a majority must not commit before a term-3 entry does");
-    assert!(lost, "the scenario does overwrite the uncommitted entry, which is allowed");
+    assert!(
+        !committed,
+        "the term-1 entry on a majority must not commit before a term-3 entry does"
+    );
+    assert!(
+        lost,
+        "the scenario does overwrite the uncommitted entry, which is allowed"
+    );
 }
 
 #[test]
@@ -265,16 +315,26 @@ fn partitioned_old_leader_cannot_commit_and_rejoins_as_follower() {
     cluster.settle();
     // The majority side elects a new leader and commits.
     cluster.tick_all(40);
-    let new_leader = [2, 3].into_iter().find(|&id| cluster.nodes[&id].is_leader()).expect("majority elects a leader");
+    let new_leader = [2, 3]
+        .into_iter()
+        .find(|&id| cluster.nodes[&id].is_leader())
+        .expect("majority elects a leader");
     cluster.node(new_leader).propose(data("after")).unwrap();
     cluster.settle();
     // Check-quorum made the isolated leader step down.
-    assert!(!cluster.nodes[&1].is_leader(), "isolated leader steps down under check-quorum");
+    assert!(
+        !cluster.nodes[&1].is_leader(),
+        "isolated leader steps down under check-quorum"
+    );
     assert!(cluster.nodes[&1].committed() < stale_index);
     cluster.heal();
     cluster.tick_all(20);
     for id in 1..=3 {
-        assert_eq!(cluster.applied_data(id), vec![data("before"), data("after")], "node {id}");
+        assert_eq!(
+            cluster.applied_data(id),
+            vec![data("before"), data("after")],
+            "node {id}"
+        );
     }
 }
 
@@ -287,7 +347,10 @@ fn follower_with_a_long_conflicting_suffix_is_repaired_quickly() {
     // Node 1 leads alone and piles up 100 uncommitted entries.
     cluster.isolate(1);
     for i in 0..100 {
-        cluster.node(1).propose(data(&format!("doomed-{i}"))).unwrap();
+        cluster
+            .node(1)
+            .propose(data(&format!("doomed-{i}")))
+            .unwrap();
     }
     cluster.settle();
     // Nodes 2 and 3 move on under a new leader with 50 entries of a newer term.
@@ -306,18 +369,29 @@ fn follower_with_a_long_conflicting_suffix_is_repaired_quickly() {
         if cluster.queue.is_empty() {
             break;
         }
-        rejections += cluster.queue.iter().filter(|m| matches!(m.body, MessageBody::AppendResponse { reject: true, .. })).count();
+        rejections += cluster
+            .queue
+            .iter()
+            .filter(|m| matches!(m.body, MessageBody::AppendResponse { reject: true, .. }))
+            .count();
         let batch = std::mem::take(&mut cluster.queue);
         for message in batch {
             cluster.node(message.to).step(message).unwrap();
         }
     }
-    assert!(rejections <= 3, "fast backtracking took {rejections} rejections");
-    let expected: Vec<Bytes> =
-        std::iter::once(data("common")).chain((0..50).map(|i| data(&format!("kept-{i}")))).collect();
+    assert!(
+        rejections <= 3,
+        "fast backtracking took {rejections} rejections"
+    );
+    let expected: Vec<Bytes> = std::iter::once(data("common"))
+        .chain((0..50).map(|i| data(&format!("kept-{i}"))))
+        .collect();
     for id in 1..=3 {
         assert_eq!(cluster.applied_data(id), expected, "node {id}");
-        assert_eq!(cluster.nodes[&id].last_index(), cluster.nodes[&2].last_index());
+        assert_eq!(
+            cluster.nodes[&id].last_index(),
+            cluster.nodes[&2].last_index()
+        );
     }
 }
 
@@ -333,9 +407,16 @@ fn leader_transfer_during_load_moves_leadership_without_losing_writes() {
     }
     // Transfer while those are still in flight.
     cluster.node(1).transfer_leader(3).unwrap();
-    assert!(matches!(cluster.node(1).propose(data("refused")), Err(RaftError::TransferInProgress { to: 3 })));
+    assert!(matches!(
+        cluster.node(1).propose(data("refused")),
+        Err(RaftError::TransferInProgress { to: 3 })
+    ));
     cluster.settle();
-    assert!(cluster.nodes[&3].is_leader(), "transfer target leads: {:?}", cluster.nodes[&3].status());
+    assert!(
+        cluster.nodes[&3].is_leader(),
+        "transfer target leads: {:?}",
+        cluster.nodes[&3].status()
+    );
     assert!(!cluster.nodes[&1].is_leader());
     for i in 20..30 {
         let value = data(&format!("v{i}"));
@@ -361,14 +442,27 @@ fn read_index_waits_for_a_quorum_and_a_current_term_commit() {
     assert!(cluster.reads[&1].is_empty());
     cluster.settle();
     let committed = cluster.nodes[&1].committed();
-    assert_eq!(cluster.reads[&1], vec![ReadState { context: 7, index: committed }]);
+    assert_eq!(
+        cluster.reads[&1],
+        vec![ReadState {
+            context: 7,
+            index: committed
+        }]
+    );
     // Followers refuse and point at the leader.
-    assert_eq!(cluster.node(2).read_index(8), Err(RaftError::NotLeader { leader: 1 }));
+    assert_eq!(
+        cluster.node(2).read_index(8),
+        Err(RaftError::NotLeader { leader: 1 })
+    );
     // An isolated leader cannot confirm reads.
     cluster.isolate(1);
     cluster.node(1).read_index(9).unwrap();
     cluster.settle();
-    assert_eq!(cluster.reads[&1].len(), 1, "read 9 must not be confirmed without a quorum");
+    assert_eq!(
+        cluster.reads[&1].len(),
+        1,
+        "read 9 must not be confirmed without a quorum"
+    );
     // A new leader's reads wait until it commits an entry of its own term.
     cluster.heal();
     cluster.elect(2);
@@ -382,19 +476,29 @@ fn membership_changes_one_voter_at_a_time_with_a_learner_first() {
     let mut cluster = Cluster::new(3, |config| config.append_bytes_max = 1 << 20);
     // Node 4 starts empty: it is in no configuration yet.
     let restore = RestoreState::default();
-    cluster.nodes.insert(4, Raft::new(config(4, None), restore).unwrap());
+    cluster
+        .nodes
+        .insert(4, Raft::new(config(4, None), restore).unwrap());
     cluster.applied.insert(4, Vec::new());
     cluster.elect(1);
     cluster.node(1).propose(data("one")).unwrap();
     cluster.settle();
     // Two voter changes at once are refused.
     let too_many = ConfState::new(vec![1, 4, 5], vec![]);
-    assert!(matches!(cluster.node(1).propose_conf_change(too_many), Err(RaftError::InvalidConfChange(_))));
+    assert!(matches!(
+        cluster.node(1).propose_conf_change(too_many),
+        Err(RaftError::InvalidConfChange(_))
+    ));
     // Add 4 as a learner: it catches up but does not vote.
-    cluster.node(1).propose_conf_change(ConfState::new(vec![1, 2, 3], vec![4])).unwrap();
+    cluster
+        .node(1)
+        .propose_conf_change(ConfState::new(vec![1, 2, 3], vec![4]))
+        .unwrap();
     // A second change while the first is uncommitted is refused.
     assert!(matches!(
-        cluster.node(1).propose_conf_change(ConfState::new(vec![1, 2, 3, 4], vec![])),
+        cluster
+            .node(1)
+            .propose_conf_change(ConfState::new(vec![1, 2, 3, 4], vec![])),
         Err(RaftError::ConfChangePending { .. })
     ));
     cluster.settle();
@@ -402,19 +506,32 @@ fn membership_changes_one_voter_at_a_time_with_a_learner_first() {
     assert_eq!(cluster.applied_data(4), vec![data("one")]);
     assert!(cluster.nodes[&4].conf_state().is_learner(4));
     // Promote it, then remove node 1 (the leader), which steps down once that commits.
-    cluster.node(1).propose_conf_change(ConfState::new(vec![1, 2, 3, 4], vec![])).unwrap();
+    cluster
+        .node(1)
+        .propose_conf_change(ConfState::new(vec![1, 2, 3, 4], vec![]))
+        .unwrap();
     cluster.settle();
-    cluster.node(1).propose_conf_change(ConfState::new(vec![2, 3, 4], vec![])).unwrap();
+    cluster
+        .node(1)
+        .propose_conf_change(ConfState::new(vec![2, 3, 4], vec![]))
+        .unwrap();
     cluster.settle();
     cluster.tick_all(4);
     assert!(!cluster.nodes[&1].is_leader(), "removed leader steps down");
     cluster.tick_all(60);
-    let leader = [2, 3, 4].into_iter().find(|&id| cluster.nodes[&id].is_leader()).expect("new leader among 2,3,4");
+    let leader = [2, 3, 4]
+        .into_iter()
+        .find(|&id| cluster.nodes[&id].is_leader())
+        .expect("new leader among 2,3,4");
     cluster.node(leader).propose(data("two")).unwrap();
     cluster.settle();
     cluster.tick_all(4);
     for id in 2..=4 {
-        assert_eq!(cluster.applied_data(id), vec![data("one"), data("two")], "node {id}");
+        assert_eq!(
+            cluster.applied_data(id),
+            vec![data("one"), data("two")],
+            "node {id}"
+        );
     }
 }
 
@@ -431,8 +548,14 @@ fn lagging_follower_catches_up_from_a_chunked_snapshot() {
     }
     cluster.settle();
     let applied = cluster.nodes[&1].applied();
-    cluster.node(1).compact(applied, data("state-machine-image")).unwrap();
-    cluster.node(2).compact(applied, data("state-machine-image")).unwrap();
+    cluster
+        .node(1)
+        .compact(applied, data("state-machine-image"))
+        .unwrap();
+    cluster
+        .node(2)
+        .compact(applied, data("state-machine-image"))
+        .unwrap();
     cluster.down.remove(&3);
     cluster.tick_all(10);
     let status = cluster.nodes[&3].status();
@@ -445,15 +568,95 @@ fn lagging_follower_catches_up_from_a_chunked_snapshot() {
 #[test]
 fn bad_input_is_an_error_not_a_panic() {
     let mut cluster = Cluster::new(3, |_| {});
-    let wrong_group = Message { group: 9, from: 2, to: 1, term: 1, body: MessageBody::TimeoutNow };
-    assert!(matches!(cluster.node(1).step(wrong_group), Err(RaftError::WrongGroup { .. })));
-    let wrong_node = Message { group: 1, from: 2, to: 3, term: 1, body: MessageBody::TimeoutNow };
-    assert!(matches!(cluster.node(1).step(wrong_node), Err(RaftError::WrongNode { .. })));
-    assert!(matches!(cluster.node(1).propose(data("x")), Err(RaftError::NotLeader { .. })));
+    let wrong_group = Message {
+        group: 9,
+        from: 2,
+        to: 1,
+        term: 1,
+        body: MessageBody::TimeoutNow,
+    };
+    assert!(matches!(
+        cluster.node(1).step(wrong_group),
+        Err(RaftError::WrongGroup { .. })
+    ));
+    let wrong_node = Message {
+        group: 1,
+        from: 2,
+        to: 3,
+        term: 1,
+        body: MessageBody::TimeoutNow,
+    };
+    assert!(matches!(
+        cluster.node(1).step(wrong_node),
+        Err(RaftError::WrongNode { .. })
+    ));
+    assert!(matches!(
+        cluster.node(1).propose(data("x")),
+        Err(RaftError::NotLeader { .. })
+    ));
     let bad = RestoreState {
-        hard_state: HardState { term: 1, vote: 0, commit: 5 },
+        hard_state: HardState {
+            term: 1,
+            vote: 0,
+            commit: 5,
+        },
         initial_conf: ConfState::new(vec![1], vec![]),
         ..Default::default()
     };
-    assert!(matches!(Raft::new(config(1, None), bad), Err(RaftError::InvalidRestore(_))));
+    assert!(matches!(
+        Raft::new(config(1, None), bad),
+        Err(RaftError::InvalidRestore(_))
+    ));
+}
+
+#[test]
+fn a_follower_forgets_a_leader_that_campaigns() {
+    // A restarted leader that lost its last entry campaigns; the followers, which would ignore a
+    // stranger's pre-vote inside the leader lease, must take their old leader's request as
+    // abdication, forget it, and elect one of themselves (they hold the longer log).
+    let mut cluster = Cluster::new(3, |config| {
+        config.pre_vote = true;
+        config.check_quorum = true;
+        config.append_bytes_max = 1 << 20;
+    });
+    cluster.elect(1);
+    cluster.node(1).propose(data("x")).unwrap();
+    cluster.settle();
+    cluster.node(1).propose(data("lost-on-1")).unwrap();
+    cluster.drain(1);
+    cluster.settle();
+    assert_eq!(cluster.nodes[&2].leader(), 1);
+    // Node 1 restarts without its last entry (never synced there).
+    let old = &cluster.nodes[&1];
+    let entries: Vec<Entry> = (1..old.last_index())
+        .map(|i| old.log_entry(i).unwrap().clone())
+        .collect();
+    let mut hard_state = old.hard_state();
+    hard_state.commit = hard_state.commit.min(entries.len() as u64);
+    let restore = RestoreState {
+        hard_state,
+        entries,
+        initial_conf: ConfState::new(vec![1, 2, 3], vec![]),
+        ..Default::default()
+    };
+    cluster
+        .nodes
+        .insert(1, Raft::new(config(1, None), restore).unwrap());
+    cluster.node(1).campaign();
+    cluster.settle();
+    assert!(!cluster.nodes[&1].is_leader(), "the short log cannot win");
+    assert_eq!(
+        cluster.nodes[&2].leader(),
+        NO_NODE,
+        "followers forgot the abdicated leader"
+    );
+    cluster.tick_all(40);
+    let leader = [2, 3]
+        .into_iter()
+        .find(|&id| cluster.nodes[&id].is_leader())
+        .expect("a follower takes over");
+    assert_eq!(
+        cluster.nodes[&leader].log_entry(3).map(|e| e.data.clone()),
+        Some(data("lost-on-1"))
+    );
 }

@@ -280,6 +280,33 @@ impl Raft {
         }
     }
 
+    /// Whether this replica has nothing in flight: a leader whose every follower holds its
+    /// whole log and knows it is committed, with no reads or transfer pending; or a follower
+    /// with a known leader that applied everything it knows committed. A multi-group scheduler may stop ticking such a replica
+    /// (hibernation) until a message or proposal arrives.
+    pub fn is_quiescent(&self) -> bool {
+        let last = self.log.last_index();
+        let applied_all = self.log.applied() == self.log.committed() && !self.log.has_unstable();
+        match self.role {
+            Role::Leader => {
+                applied_all
+                    && self.log.committed() == last
+                    && self.transfer_target == NO_NODE
+                    && self.pending_reads.is_empty()
+                    && self.reads_waiting_commit.is_empty()
+                    && self.commit_broadcast == last
+                    && self
+                        .progress
+                        .values()
+                        .all(|p| p.match_index == last && p.inflight_count() == 0)
+            }
+            // A stale uncommitted suffix (from an older term) does not keep a follower awake:
+            // the leader, which no longer has it, cannot know to replace it until it appends.
+            Role::Follower => applied_all && self.leader != NO_NODE,
+            Role::PreCandidate | Role::Candidate => false,
+        }
+    }
+
     fn quorum(&self) -> usize {
         self.conf.voters.len() / 2 + 1
     }
@@ -531,7 +558,10 @@ impl Raft {
         active >= self.quorum()
     }
 
-    /// Whether we heard from a leader recently enough to ignore disruptive elections.
+    /// Whether we heard from a leader recently enough to ignore disruptive elections. A vote
+    /// request from that leader itself is never ignored: it proves the leader gave up (it
+    /// restarted or stepped down), and followers that sleep while its node is alive would
+    /// otherwise never let anyone win.
     fn in_lease(&self) -> bool {
         self.config.check_quorum
             && self.leader != NO_NODE
@@ -555,8 +585,14 @@ impl Raft {
         if message.term > self.term {
             let is_vote_request = matches!(message.body, MessageBody::PreVote { .. })
                 || matches!(message.body, MessageBody::Vote { force: false, .. });
-            if is_vote_request && self.in_lease() {
+            if is_vote_request && self.in_lease() && message.from != self.leader {
                 return Ok(());
+            }
+            if is_vote_request && message.from == self.leader && self.role == Role::Follower {
+                // Our leader is campaigning: it no longer leads. Forget it, so that this
+                // follower's own election timer counts (and a scheduler keeps it awake), even if
+                // the old leader's log turns out too short to win.
+                self.leader = NO_NODE;
             }
             match message.body {
                 MessageBody::PreVote { .. } | MessageBody::PreVoteResponse { reject: false } => {}
@@ -969,7 +1005,10 @@ impl Raft {
         let entries = self.log.entries_from(next, self.config.append_bytes_max);
         let (Some(prev_term), Some(entries)) = (prev_term, entries) else {
             // The follower is behind our compaction point: stream the snapshot instead.
-            let snapshot = self.snapshot.clone().expect("a compacted log has a snapshot");
+            let snapshot = self
+                .snapshot
+                .clone()
+                .expect("a compacted log has a snapshot");
             self.progress_mut(to).become_snapshot(snapshot);
             self.send_snapshot_chunk(to);
             return false;
@@ -995,13 +1034,21 @@ impl Raft {
     fn send_snapshot_chunk(&mut self, to: NodeId) {
         let chunk_bytes = self.config.snapshot_chunk_bytes as u64;
         let progress = self.progress.get_mut(&to).expect("progress of a member");
-        let snapshot = progress.streaming.as_ref().expect("a snapshot is pinned while streaming");
+        let snapshot = progress
+            .streaming
+            .as_ref()
+            .expect("a snapshot is pinned while streaming");
         let meta = snapshot.meta.clone();
         let length = snapshot.data.len() as u64;
         let offset = progress.snapshot_offset.min(length);
         let end = (offset + chunk_bytes).min(length);
         let data = snapshot.data.slice(offset as usize..end as usize);
-        let body = MessageBody::InstallSnapshot { meta, offset, data, done: end == length };
+        let body = MessageBody::InstallSnapshot {
+            meta,
+            offset,
+            data,
+            done: end == length,
+        };
         self.send(to, self.term, body);
     }
 

@@ -1,0 +1,408 @@
+//! The per-core scheduler of many Raft groups, free of any IO runtime: it ticks the awake
+//! groups from one timer, puts idle groups to sleep and wakes them, and gathers the Readies of
+//! every group with work into ONE storage write batch plus one message list per peer node.
+//! glommio drives it on a real node; the simulator drives it in tests.
+//!
+//! Hibernation rules (each is needed for liveness; the simulator checks them):
+//! - a leader sleeps once quiescent (`Raft::is_quiescent`: every follower holds its whole log
+//!   and knows it committed) for `hibernate_after_ticks`; a follower sleeps as soon as it is
+//!   quiescent with its leader on a live node (it needs no election timer then);
+//! - any message for a group, any proposal or read wakes it;
+//! - when a peer node goes silent for `node_timeout_ticks`, every group whose leader is on that
+//!   node wakes, so its election timer runs and a new leader is elected; a sleeping follower
+//!   whose leader is unknown or on a silent node wakes at the next tick;
+//! - awake groups always tick normally (heartbeats, election timers, check-quorum).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ahash::AHashMap;
+use bytes::Bytes;
+
+use super::liveness::NodeLiveness;
+use crate::raft::{
+    Config, Entry, GroupId, Index, Message, MessageBody, NodeId, Raft, RaftError, ReadState,
+    RestoreState, Role, SoftState, Term,
+};
+use crate::storage::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
+
+/// Turns committed entries into key/value mutations. Deterministic: every replica applies the
+/// same entries to the same effect.
+pub trait StateMachine {
+    fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>);
+}
+
+#[derive(Clone, Debug)]
+pub struct ShardConfig {
+    pub node: NodeId,
+    /// Every other node of the cluster (for node-level heartbeats and liveness).
+    pub peers: Vec<NodeId>,
+    /// The template for every group's replica (`id` and `group` are filled in per group).
+    pub raft: Config,
+    pub hibernation: bool,
+    pub hibernate_after_ticks: u32,
+    /// Ticks between node-level heartbeats to each peer (coalesced for all groups).
+    pub node_heartbeat_ticks: u32,
+    pub node_timeout_ticks: u32,
+    /// Groups a shard may hold (bounds memory).
+    pub groups_max: usize,
+}
+
+impl ShardConfig {
+    pub fn new(node: NodeId, peers: Vec<NodeId>, raft: Config) -> ShardConfig {
+        let election = raft.election_ticks;
+        let heartbeat = raft.heartbeat_ticks;
+        ShardConfig {
+            node,
+            peers,
+            raft,
+            hibernation: true,
+            hibernate_after_ticks: 2 * election,
+            node_heartbeat_ticks: heartbeat,
+            node_timeout_ticks: election,
+            groups_max: 100_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("group {0} is not hosted on this shard")]
+    UnknownGroup(GroupId),
+    #[error("group {0} already exists on this shard")]
+    GroupExists(GroupId),
+    #[error("this shard holds its maximum of {0} groups")]
+    TooManyGroups(usize),
+    #[error(transparent)]
+    Raft(#[from] RaftError),
+}
+
+struct Slot {
+    raft: Raft,
+    awake: bool,
+    quiet_ticks: u32,
+}
+
+/// Everything one loop iteration produced, for all groups of the shard.
+///
+/// Contract for the driver: send `send_now` at once; write `write` (one atomic write, one sync);
+/// once it is durable, call [`Shard::persisted`] with `token`, which returns the messages that
+/// waited for durability. Batches must be written in the order they were collected.
+#[derive(Debug, Default)]
+pub struct ShardBatch {
+    pub write: WriteBatch,
+    /// Per destination node: a leader's appends, heartbeats, snapshot chunks.
+    pub send_now: BTreeMap<NodeId, Vec<Message>>,
+    /// Committed entries applied in this batch (for answering clients), per group, in order.
+    pub applied: Vec<(GroupId, Vec<Entry>)>,
+    pub read_states: Vec<(GroupId, ReadState)>,
+    pub dropped_reads: Vec<(GroupId, u64)>,
+    pub leader_changes: Vec<(GroupId, SoftState)>,
+    pub token: PersistToken,
+}
+
+/// Identifies a collected batch; hand it back to [`Shard::persisted`] once durable.
+#[derive(Debug, Default)]
+pub struct PersistToken {
+    readies: Vec<(GroupId, u64)>,
+    after_persist: BTreeMap<NodeId, Vec<Message>>,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ShardStats {
+    pub groups: usize,
+    pub awake: usize,
+    pub leaders: usize,
+}
+
+pub struct Shard<S: StateMachine> {
+    config: ShardConfig,
+    groups: AHashMap<GroupId, Slot>,
+    /// Groups that may have a Ready (deduplicated by `BTreeSet` for a stable order).
+    dirty: BTreeSet<GroupId>,
+    liveness: NodeLiveness,
+    ticks: u64,
+    state_machine: S,
+}
+
+impl<S: StateMachine> Shard<S> {
+    pub fn new(config: ShardConfig, state_machine: S) -> Shard<S> {
+        let liveness = NodeLiveness::new(config.peers.iter().copied(), config.node_timeout_ticks);
+        Shard {
+            config,
+            groups: AHashMap::new(),
+            dirty: BTreeSet::new(),
+            liveness,
+            ticks: 0,
+            state_machine,
+        }
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.config.node
+    }
+
+    pub fn state_machine(&self) -> &S {
+        &self.state_machine
+    }
+
+    /// For restoring the state machine's in-memory state after a restart.
+    pub fn state_machine_mut(&mut self) -> &mut S {
+        &mut self.state_machine
+    }
+
+    pub fn add_group(&mut self, group: GroupId, restore: RestoreState) -> Result<(), ShardError> {
+        if self.groups.contains_key(&group) {
+            return Err(ShardError::GroupExists(group));
+        }
+        if self.groups.len() >= self.config.groups_max {
+            return Err(ShardError::TooManyGroups(self.config.groups_max));
+        }
+        let mut config = self.config.raft.clone();
+        config.id = self.config.node;
+        config.group = group;
+        config.seed = config.seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let raft = Raft::new(config, restore)?;
+        self.groups.insert(
+            group,
+            Slot {
+                raft,
+                awake: true,
+                quiet_ticks: 0,
+            },
+        );
+        self.dirty.insert(group);
+        Ok(())
+    }
+
+    pub fn raft(&self, group: GroupId) -> Option<&Raft> {
+        self.groups.get(&group).map(|slot| &slot.raft)
+    }
+
+    pub fn raft_mut(&mut self, group: GroupId) -> Option<&mut Raft> {
+        self.groups.get_mut(&group).map(|slot| &mut slot.raft)
+    }
+
+    pub fn group_ids(&self) -> Vec<GroupId> {
+        let mut ids: Vec<GroupId> = self.groups.keys().copied().collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    pub fn is_awake(&self, group: GroupId) -> bool {
+        self.groups.get(&group).is_some_and(|slot| slot.awake)
+    }
+
+    pub fn stats(&self) -> ShardStats {
+        ShardStats {
+            groups: self.groups.len(),
+            awake: self.groups.values().filter(|s| s.awake).count(),
+            leaders: self.groups.values().filter(|s| s.raft.is_leader()).count(),
+        }
+    }
+
+    fn wake(slot: &mut Slot) {
+        if !slot.awake {
+            slot.awake = true;
+            slot.quiet_ticks = 0;
+        }
+    }
+
+    /// One tick of the shard's single timer: ticks every awake group, puts quiet groups to
+    /// sleep, wakes the followers of nodes that went silent. Returns the peers owed a
+    /// node-level heartbeat now (send them an empty frame).
+    pub fn tick(&mut self) -> Vec<NodeId> {
+        self.ticks += 1;
+        let newly_down = self.liveness.tick();
+        let hibernation = self.config.hibernation;
+        let hibernate_after = self.config.hibernate_after_ticks;
+        for (&group, slot) in self.groups.iter_mut() {
+            if !slot.awake {
+                // A sleeping follower whose leader's node went silent must campaign.
+                let leader = slot.raft.leader();
+                if newly_down.contains(&leader)
+                    || (slot.raft.role() != Role::Leader && !self.liveness.is_live(leader))
+                {
+                    Self::wake(slot);
+                } else {
+                    continue;
+                }
+            }
+            // A follower in step with a leader on a live node needs no election timer: it sleeps
+            // at once, and node liveness (not per-group heartbeats) tells it when to wake. Were
+            // it to keep ticking, it would time out while its leader sleeps and disturb the group.
+            if hibernation
+                && slot.raft.role() == Role::Follower
+                && slot.raft.is_quiescent()
+                && self.liveness.is_live(slot.raft.leader())
+            {
+                slot.awake = false;
+                continue;
+            }
+            slot.raft.tick();
+            self.dirty.insert(group);
+            // Quiet means quiescent: heartbeats alone do not keep a leader awake.
+            if slot.raft.is_quiescent() {
+                slot.quiet_ticks = slot.quiet_ticks.saturating_add(1);
+            } else {
+                slot.quiet_ticks = 0;
+            }
+            if hibernation
+                && slot.raft.is_leader()
+                && slot.quiet_ticks >= hibernate_after
+                && slot.raft.is_quiescent()
+            {
+                slot.awake = false;
+            }
+        }
+        if self.ticks % self.config.node_heartbeat_ticks as u64 == 0 {
+            self.liveness.peers().collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Marks `node` as heard from (a frame arrived, possibly empty: a node heartbeat).
+    pub fn heard_from(&mut self, node: NodeId) {
+        self.liveness.heard_from(node);
+    }
+
+    /// Feeds messages that arrived from `from` (one frame).
+    pub fn receive(&mut self, from: NodeId, messages: Vec<Message>) -> Vec<(Message, ShardError)> {
+        self.liveness.heard_from(from);
+        let mut rejected = Vec::new();
+        for message in messages {
+            let group = message.group;
+            let Some(slot) = self.groups.get_mut(&group) else {
+                rejected.push((message, ShardError::UnknownGroup(group)));
+                continue;
+            };
+            // A vote request means some member lost track of the leader: wake so heartbeats
+            // (from the leader) or an election (elsewhere) can resolve it.
+            let asks_for_votes = matches!(
+                message.body,
+                MessageBody::PreVote { .. } | MessageBody::Vote { .. }
+            );
+            if let Err(error) = slot.raft.step(message.clone()) {
+                rejected.push((message, error.into()));
+            }
+            // Otherwise a message wakes a sleeping group only if it gave the group something to
+            // do: the last heartbeat answers reaching a leader that just fell asleep must not.
+            if !slot.awake && (asks_for_votes || slot.raft.has_ready() || !slot.raft.is_quiescent())
+            {
+                Self::wake(slot);
+            }
+            self.dirty.insert(group);
+        }
+        rejected
+    }
+
+    pub fn propose(&mut self, group: GroupId, data: Bytes) -> Result<(Index, Term), ShardError> {
+        let slot = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ShardError::UnknownGroup(group))?;
+        Self::wake(slot);
+        slot.quiet_ticks = 0;
+        self.dirty.insert(group);
+        Ok(slot.raft.propose(data)?)
+    }
+
+    pub fn read_index(&mut self, group: GroupId, context: u64) -> Result<(), ShardError> {
+        let slot = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ShardError::UnknownGroup(group))?;
+        Self::wake(slot);
+        self.dirty.insert(group);
+        Ok(slot.raft.read_index(context)?)
+    }
+
+    /// Runs `action` on a group's replica (transfer, membership, campaign) and marks it dirty.
+    pub fn with_group<T>(
+        &mut self,
+        group: GroupId,
+        action: impl FnOnce(&mut Raft) -> T,
+    ) -> Result<T, ShardError> {
+        let slot = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ShardError::UnknownGroup(group))?;
+        Self::wake(slot);
+        self.dirty.insert(group);
+        Ok(action(&mut slot.raft))
+    }
+
+    /// Gathers the Readies of every group with work into one batch. `None` when idle.
+    pub fn collect(&mut self, sync: bool) -> Option<ShardBatch> {
+        if self.dirty.is_empty() {
+            return None;
+        }
+        let mut batch = ShardBatch {
+            write: WriteBatch::new(sync),
+            ..ShardBatch::default()
+        };
+        let dirty = std::mem::take(&mut self.dirty);
+        for group in dirty {
+            let Some(slot) = self.groups.get_mut(&group) else {
+                continue;
+            };
+            while slot.raft.has_ready() {
+                let ready = slot.raft.ready();
+                let mut write = GroupWrite::new(group);
+                if let Some(soft) = ready.soft_state {
+                    batch.leader_changes.push((group, soft));
+                }
+                write.hard_state = ready.hard_state;
+                write.snapshot = ready.snapshot.map(SnapshotInstall::from);
+                write.entries = ready.entries;
+                if let Some(last) = ready.committed_entries.last() {
+                    let mut ops = Vec::new();
+                    for entry in &ready.committed_entries {
+                        self.state_machine.apply(group, entry, &mut ops);
+                    }
+                    write.apply = Some(Apply {
+                        index: last.index,
+                        term: last.term,
+                        conf_state: None,
+                        ops,
+                    });
+                    batch.applied.push((group, ready.committed_entries));
+                }
+                for message in ready.messages {
+                    batch.send_now.entry(message.to).or_default().push(message);
+                }
+                for message in ready.persisted_messages {
+                    batch
+                        .token
+                        .after_persist
+                        .entry(message.to)
+                        .or_default()
+                        .push(message);
+                }
+                batch
+                    .read_states
+                    .extend(ready.read_states.into_iter().map(|r| (group, r)));
+                batch
+                    .dropped_reads
+                    .extend(ready.dropped_reads.into_iter().map(|c| (group, c)));
+                batch.token.readies.push((group, ready.number));
+                if !write.is_empty() {
+                    batch.write.push(write);
+                }
+            }
+        }
+        Some(batch)
+    }
+
+    /// The batch identified by `token` is durable: advance every group and return the messages
+    /// that waited for durability, per destination node.
+    pub fn persisted(&mut self, token: PersistToken) -> BTreeMap<NodeId, Vec<Message>> {
+        for (group, number) in token.readies {
+            if let Some(slot) = self.groups.get_mut(&group) {
+                slot.raft.on_persisted(number);
+                self.dirty.insert(group);
+            }
+        }
+        token.after_persist
+    }
+}

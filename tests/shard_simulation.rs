@@ -1,0 +1,662 @@
+//! Deterministic simulation of whole shards: the real Raft core, the real multi-group scheduler
+//! (tick coalescing, hibernation and waking, one write batch per iteration) and the real
+//! storage (the in-memory engine, which loses unsynced writes on a crash), over a simulated
+//! network with loss, partitions, process pauses (SIGSTOP) and crashes, all from one seed.
+//!
+//! The seeds focus on hibernation: groups go to sleep once the cluster is quiet, then faults hit
+//! the nodes leading sleeping groups. Safety is checked after every step; after healing, every
+//! proposal must apply everywhere, and a sleeping group whose leader dies must fail over.
+//!
+//! `cargo test --test shard_simulation` runs fixed seeds; `KAHUNA_SHARD_SIM_SEEDS=N` runs N
+//! fresh ones; `KAHUNA_SHARD_SIM_SEED=S` replays one.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use bytes::Bytes;
+use kahuna::raft::*;
+use kahuna::shard::{PersistToken, Shard, ShardConfig, StateMachine};
+use kahuna::storage::{Backend, KvOp, MemoryBackend};
+
+const DIGEST_KEY: &[u8] = b"\x00digest";
+
+/// A hash chain over applied entries, stored in the group's kv data with the applied index.
+#[derive(Default)]
+struct DigestMachine {
+    digests: HashMap<GroupId, (Index, u64)>,
+}
+
+fn mix(mut h: u64, value: u64) -> u64 {
+    h ^= value
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(h << 6)
+        .wrapping_add(h >> 2);
+    h.wrapping_mul(0xff51_afd7_ed55_8ccd)
+}
+
+fn entry_hash(entry: &Entry) -> u64 {
+    let mut h = mix(entry.index, entry.term);
+    for byte in entry.data.iter() {
+        h = mix(h, *byte as u64);
+    }
+    h
+}
+
+impl StateMachine for DigestMachine {
+    fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>) {
+        let state = self.digests.entry(group).or_insert((0, 0));
+        assert_eq!(entry.index, state.0 + 1, "apply in order");
+        *state = (entry.index, mix(state.1, entry_hash(entry)));
+        let mut value = state.0.to_be_bytes().to_vec();
+        value.extend_from_slice(&state.1.to_be_bytes());
+        ops.push(KvOp::Put {
+            key: Bytes::from_static(DIGEST_KEY),
+            value: Bytes::from(value),
+        });
+    }
+}
+
+struct Dice(SeededRng);
+
+impl Dice {
+    fn chance(&mut self, p: f64) -> bool {
+        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.0.range(0, n.max(1))
+    }
+}
+
+struct Node {
+    shard: Shard<DigestMachine>,
+    backend: MemoryBackend,
+    /// Batches written but not yet synced, in order.
+    unsynced: VecDeque<PersistToken>,
+    up: bool,
+    paused_until: u64,
+}
+
+struct Frame {
+    at: u64,
+    from: NodeId,
+    to: NodeId,
+    messages: Vec<Message>,
+}
+
+struct Sim {
+    seed: u64,
+    dice: Dice,
+    now: u64,
+    nodes: BTreeMap<NodeId, Node>,
+    node_count: u64,
+    groups: u64,
+    conf: BTreeMap<GroupId, ConfState>,
+    network: Vec<Frame>,
+    cuts: BTreeSet<(NodeId, NodeId)>,
+    loss: f64,
+    leaders: HashMap<(GroupId, Term), NodeId>,
+    applied_digest: HashMap<(GroupId, Index), u64>,
+    proposals: BTreeMap<u64, GroupId>,
+    applied_ids: HashMap<(GroupId, u64), Index>,
+    next_proposal: u64,
+    failures: Vec<String>,
+    slept: u64,
+}
+
+fn raft_config() -> Config {
+    Config {
+        election_ticks: 10,
+        heartbeat_ticks: 2,
+        inflight_max: 8,
+        ..Config::default()
+    }
+}
+
+impl Sim {
+    fn new(seed: u64) -> Sim {
+        let mut dice = Dice(SeededRng::new(seed));
+        let node_count = 3 + dice.below(3);
+        let groups = 2 + dice.below(7);
+        let ids: Vec<NodeId> = (1..=node_count).collect();
+        let mut conf = BTreeMap::new();
+        for group in 1..=groups {
+            let voters = (0..3)
+                .map(|k| ids[((group + k) % node_count) as usize])
+                .collect();
+            conf.insert(group, ConfState::new(voters, vec![]));
+        }
+        let loss = [0.0, 0.01, 0.05][dice.below(3) as usize];
+        let mut sim = Sim {
+            seed,
+            dice,
+            now: 0,
+            nodes: BTreeMap::new(),
+            node_count,
+            groups,
+            conf,
+            network: Vec::new(),
+            cuts: BTreeSet::new(),
+            loss,
+            leaders: HashMap::new(),
+            applied_digest: HashMap::new(),
+            proposals: BTreeMap::new(),
+            applied_ids: HashMap::new(),
+            next_proposal: 1,
+            failures: Vec::new(),
+            slept: 0,
+        };
+        for &id in &ids {
+            let node = sim.start_node(id, MemoryBackend::in_memory());
+            sim.nodes.insert(id, node);
+        }
+        sim
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "seed={} nodes={} groups={} loss={}",
+            self.seed,
+            self.nodes.len(),
+            self.groups,
+            self.loss
+        )
+    }
+
+    fn start_node(&mut self, id: NodeId, mut backend: MemoryBackend) -> Node {
+        let peers: Vec<NodeId> = (1..=self.node_count).filter(|&p| p != id).collect();
+        let mut raft = raft_config();
+        raft.seed = self.seed ^ self.now;
+        let mut shard = Shard::new(ShardConfig::new(id, peers, raft), DigestMachine::default());
+        for (&group, conf) in &self.conf {
+            if !conf.contains(id) {
+                continue;
+            }
+            let state = backend.load_group(group).expect("durable state verifies");
+            if let Some(value) = backend.kv_get(group, DIGEST_KEY).expect("kv read") {
+                let index = u64::from_be_bytes(value[..8].try_into().unwrap());
+                let digest = u64::from_be_bytes(value[8..16].try_into().unwrap());
+                assert_eq!(
+                    index, state.applied_index,
+                    "digest stored with the applied index"
+                );
+                shard_machine(&mut shard)
+                    .digests
+                    .insert(group, (index, digest));
+            }
+            let restore = RestoreState {
+                hard_state: state.hard_state,
+                snapshot: None,
+                entries: state.entries,
+                applied: state.applied_index,
+                initial_conf: conf.clone(),
+            };
+            shard.add_group(group, restore).expect("group starts");
+        }
+        Node {
+            shard,
+            backend,
+            unsynced: VecDeque::new(),
+            up: true,
+            paused_until: 0,
+        }
+    }
+
+    fn runs(&self, id: NodeId) -> bool {
+        let node = &self.nodes[&id];
+        node.up && node.paused_until <= self.now
+    }
+
+    fn leader_of(&self, group: GroupId) -> Option<NodeId> {
+        self.nodes
+            .iter()
+            .filter(|(&id, _)| self.runs(id))
+            .filter_map(|(&id, n)| {
+                n.shard
+                    .raft(group)
+                    .filter(|r| r.is_leader())
+                    .map(|r| (id, r.term()))
+            })
+            .max_by_key(|&(_, term)| term)
+            .map(|(id, _)| id)
+    }
+
+    fn send(&mut self, from: NodeId, to: NodeId, messages: Vec<Message>) {
+        if self.cuts.contains(&(from, to)) || self.dice.chance(self.loss) {
+            return;
+        }
+        let at = self.now + 1 + self.dice.below(3);
+        self.network.push(Frame {
+            at,
+            from,
+            to,
+            messages,
+        });
+    }
+
+    fn step(&mut self, faults: bool) {
+        self.now += 1;
+        if faults {
+            self.inject_faults();
+        }
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for &id in &ids {
+            if !self.runs(id) {
+                continue;
+            }
+            let heartbeat_to = self.nodes.get_mut(&id).unwrap().shard.tick();
+            for peer in heartbeat_to {
+                self.send(id, peer, Vec::new());
+            }
+        }
+        // Deliver frames in order; frames to stopped or paused nodes wait or are lost.
+        let now = self.now;
+        let mut due = Vec::new();
+        let mut kept = Vec::new();
+        for frame in self.network.drain(..) {
+            if frame.at <= now {
+                due.push(frame);
+            } else {
+                kept.push(frame);
+            }
+        }
+        self.network = kept;
+        due.sort_by_key(|f| f.at);
+        for frame in due {
+            let node = self.nodes.get_mut(&frame.to).unwrap();
+            if !node.up || self.cuts.contains(&(frame.from, frame.to)) {
+                continue;
+            }
+            if node.paused_until > now {
+                // A stopped process does not read its socket: the frame waits.
+                let at = node.paused_until;
+                self.network.push(Frame { at, ..frame });
+                continue;
+            }
+            node.shard.receive(frame.from, frame.messages);
+        }
+        for &id in &ids {
+            if self.runs(id) {
+                self.run_loop(id);
+            }
+        }
+        if std::env::var("KAHUNA_SHARD_SIM_TRACE").is_ok() {
+            for (&id, node) in &self.nodes {
+                if let Some(r) = node.shard.raft(1) {
+                    eprintln!(
+                        "t{} n{id} run={} awake={} {:?} term={} lead={} vote={}",
+                        self.now,
+                        self.runs(id),
+                        node.shard.is_awake(1),
+                        r.role(),
+                        r.term(),
+                        r.leader(),
+                        r.status().vote
+                    );
+                }
+            }
+        }
+        self.check_safety();
+    }
+
+    /// One loop iteration of a node: collect one batch, write it, sync with some probability.
+    fn run_loop(&mut self, id: NodeId) {
+        let sync_now = self.dice.chance(0.7);
+        let node = self.nodes.get_mut(&id).unwrap();
+        let mut outgoing: Vec<(NodeId, Vec<Message>)> = Vec::new();
+        let mut applied = Vec::new();
+        if let Some(batch) = node.shard.collect(false) {
+            node.backend.write(&batch.write).expect("write");
+            outgoing.extend(batch.send_now);
+            applied = batch.applied;
+            node.unsynced.push_back(batch.token);
+        }
+        if sync_now && !node.unsynced.is_empty() {
+            node.backend
+                .write(&kahuna::storage::WriteBatch::new(true))
+                .expect("sync");
+            while let Some(token) = node.unsynced.pop_front() {
+                outgoing.extend(node.shard.persisted(token));
+            }
+        }
+        for (group, entries) in applied {
+            for entry in entries {
+                self.check_apply(id, group, &entry);
+            }
+        }
+        for (to, messages) in outgoing {
+            self.send(id, to, messages);
+        }
+    }
+
+    fn check_apply(&mut self, id: NodeId, group: GroupId, entry: &Entry) {
+        if entry.kind == EntryKind::Normal && entry.data.len() >= 8 {
+            let proposal = u64::from_be_bytes(entry.data[..8].try_into().unwrap());
+            self.applied_ids
+                .entry((group, proposal))
+                .or_insert(entry.index);
+        }
+        let hash = entry_hash(entry);
+        let seen = *self
+            .applied_digest
+            .entry((group, entry.index))
+            .or_insert(hash);
+        if seen != hash {
+            self.failures.push(format!(
+                "State Machine Safety: node {id} group {group} applied another entry at {}",
+                entry.index
+            ));
+        }
+    }
+
+    fn check_safety(&mut self) {
+        for (&id, node) in &self.nodes {
+            if !node.up {
+                continue;
+            }
+            for group in node.shard.group_ids() {
+                let raft = node.shard.raft(group).unwrap();
+                if raft.is_leader() {
+                    let leader = *self.leaders.entry((group, raft.term())).or_insert(id);
+                    if leader != id {
+                        self.failures.push(format!(
+                            "Election Safety: group {group} term {}: {leader} and {id}",
+                            raft.term()
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn inject_faults(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        let pick = |dice: &mut Dice| ids[dice.below(ids.len() as u64) as usize];
+        // Prefer the nodes leading sleeping groups: that is where quiescence bugs live.
+        let sleeping_leader = (1..=self.groups)
+            .filter_map(|g| {
+                self.leader_of(g)
+                    .filter(|&l| !self.nodes[&l].shard.is_awake(g))
+            })
+            .next();
+        if self.dice.chance(0.004) {
+            let victim = sleeping_leader.unwrap_or_else(|| pick(&mut self.dice));
+            self.crash(victim);
+        }
+        if self.dice.chance(0.02) {
+            let down: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !self.nodes[id].up)
+                .collect();
+            if let Some(&id) = down.first() {
+                self.restart(id);
+            }
+        }
+        if self.dice.chance(0.004) {
+            let victim = sleeping_leader.unwrap_or_else(|| pick(&mut self.dice));
+            let pause = 5 + self.dice.below(40);
+            self.nodes.get_mut(&victim).unwrap().paused_until = self.now + pause;
+        }
+        if self.dice.chance(0.004) {
+            self.cuts.clear();
+            match self.dice.below(3) {
+                0 => {}
+                1 => {
+                    let victim = sleeping_leader.unwrap_or_else(|| pick(&mut self.dice));
+                    for &other in &ids {
+                        if other != victim {
+                            self.cuts.insert((victim, other));
+                            self.cuts.insert((other, victim));
+                        }
+                    }
+                }
+                _ => {
+                    let a = pick(&mut self.dice);
+                    let b = pick(&mut self.dice);
+                    if a != b {
+                        self.cuts.insert((a, b));
+                    }
+                }
+            }
+        }
+        // Bursts of proposals separated by quiet spells, so groups hibernate in between.
+        if (self.now / 150) % 2 == 0 && self.dice.chance(0.3) {
+            let group = 1 + self.dice.below(self.groups);
+            self.propose_new(group);
+        }
+    }
+
+    fn crash(&mut self, id: NodeId) {
+        let node = self.nodes.get_mut(&id).unwrap();
+        if node.up {
+            node.up = false;
+            node.unsynced.clear();
+            node.backend.crash();
+        }
+    }
+
+    fn restart(&mut self, id: NodeId) {
+        if self.nodes[&id].up {
+            return;
+        }
+        let backend = std::mem::replace(
+            &mut self.nodes.get_mut(&id).unwrap().backend,
+            MemoryBackend::in_memory(),
+        );
+        let node = self.start_node(id, backend);
+        self.nodes.insert(id, node);
+    }
+
+    fn propose_new(&mut self, group: GroupId) {
+        let id = self.next_proposal;
+        self.next_proposal += 1;
+        if self.propose(group, id) {
+            self.proposals.insert(id, group);
+        }
+    }
+
+    fn propose(&mut self, group: GroupId, id: u64) -> bool {
+        let Some(leader) = self.leader_of(group) else {
+            return false;
+        };
+        let data = Bytes::from(id.to_be_bytes().to_vec());
+        self.nodes
+            .get_mut(&leader)
+            .unwrap()
+            .shard
+            .propose(group, data)
+            .is_ok()
+    }
+
+    fn applied_everywhere(&self, group: GroupId, index: Index) -> bool {
+        self.conf[&group].members().all(|id| {
+            let node = &self.nodes[&id];
+            node.up && node.shard.raft(group).is_some_and(|r| r.applied() >= index)
+        })
+    }
+
+    fn heal(&mut self) {
+        self.cuts.clear();
+        self.loss = 0.0;
+        let ids: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.restart(id);
+            self.nodes.get_mut(&id).unwrap().paused_until = 0;
+        }
+    }
+
+    /// Runs healed until every proposal is applied on every member; false on timeout.
+    fn settle(&mut self, ticks: u64) -> bool {
+        for _ in 0..ticks {
+            self.step(false);
+            if self.now % 20 == 0 {
+                let missing: Vec<(u64, GroupId)> = self
+                    .proposals
+                    .iter()
+                    .filter(|(&p, &g)| {
+                        !self
+                            .applied_ids
+                            .get(&(g, p))
+                            .is_some_and(|&i| self.applied_everywhere(g, i))
+                    })
+                    .map(|(&p, &g)| (p, g))
+                    .collect();
+                if missing.is_empty() {
+                    return true;
+                }
+                for (proposal, group) in missing {
+                    if !self.applied_ids.contains_key(&(group, proposal)) {
+                        self.propose(group, proposal);
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    fn debug_dump(&self) {
+        if std::env::var("KAHUNA_SHARD_SIM_DEBUG").is_err() {
+            return;
+        }
+        for (&id, node) in &self.nodes {
+            for g in node.shard.group_ids() {
+                let r = node.shard.raft(g).unwrap();
+                eprintln!(
+                    "n{id} up={} g{g} awake={} quiescent={} {:?} progress={:?}",
+                    node.up,
+                    node.shard.is_awake(g),
+                    r.is_quiescent(),
+                    r.status(),
+                    self.conf[&g]
+                        .members()
+                        .map(|m| r.progress_of(m))
+                        .collect::<Vec<_>>()
+                );
+            }
+        }
+    }
+
+    fn asleep(&self) -> usize {
+        self.nodes
+            .values()
+            .map(|n| {
+                n.shard
+                    .group_ids()
+                    .iter()
+                    .filter(|&&g| !n.shard.is_awake(g))
+                    .count()
+            })
+            .sum()
+    }
+
+    fn run(&mut self) -> Result<String, String> {
+        for _ in 0..2000 {
+            self.step(true);
+            self.slept = self.slept.max(self.asleep() as u64);
+            if !self.failures.is_empty() {
+                return Err(self.failures.join("; "));
+            }
+        }
+        self.heal();
+        if !self.settle(2000) {
+            self.debug_dump();
+            return Err("liveness: proposals not applied everywhere after healing".into());
+        }
+        // Quiet: the groups must fall asleep...
+        for _ in 0..300 {
+            self.step(false);
+        }
+        let asleep = self.asleep();
+        let replicas: usize = self.nodes.values().map(|n| n.shard.group_ids().len()).sum();
+        self.debug_dump();
+        if asleep < replicas / 2 {
+            return Err(format!(
+                "hibernation: only {asleep} of {replicas} replicas asleep after a quiet spell"
+            ));
+        }
+        // ...and a sleeping group whose leader dies must elect a new one and commit.
+        let group = 1;
+        let Some(old_leader) = self.leader_of(group) else {
+            self.debug_dump();
+            return Err("no leader after settling".into());
+        };
+        self.crash(old_leader);
+        let mut new_leader = None;
+        // Two survivors can split votes a few times in a row; the bound is generous.
+        for _ in 0..1000 {
+            self.step(false);
+            if let Some(leader) = self.leader_of(group).filter(|&l| l != old_leader) {
+                new_leader = Some(leader);
+                break;
+            }
+        }
+        let Some(new_leader) = new_leader else {
+            return Err(format!(
+                "failover: sleeping group {group} elected no leader after node {old_leader} died"
+            ));
+        };
+        self.propose_new(group);
+        self.restart(old_leader);
+        if !self.settle(2000) {
+            return Err("liveness after failover: proposals not applied everywhere".into());
+        }
+        if !self.failures.is_empty() {
+            return Err(self.failures.join("; "));
+        }
+        Ok(format!(
+            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader}",
+            self.describe(),
+            self.proposals.len(),
+            self.slept
+        ))
+    }
+}
+
+fn shard_machine(shard: &mut Shard<DigestMachine>) -> &mut DigestMachine {
+    shard.state_machine_mut()
+}
+
+fn seeds() -> Vec<u64> {
+    if let Ok(seed) = std::env::var("KAHUNA_SHARD_SIM_SEED") {
+        return vec![seed.parse().expect("a number")];
+    }
+    if let Ok(count) = std::env::var("KAHUNA_SHARD_SIM_SEEDS") {
+        let count: u64 = count.parse().expect("a number");
+        let base = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
+        return (0..count)
+            .map(|k| base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 1)
+            .collect();
+    }
+    // Fixed seeds, plus seeds that once found quiescence bugs (kept as regressions):
+    // 2486311604276037457: a follower with a stale uncommitted suffix stayed awake and timed out
+    //   under a sleeping leader; 5495325393129965013: a restarted leader with a too-short log
+    //   campaigned while the others slept trusting it; 158985378458776511: a sleeping leader
+    //   ignored pre-votes from a follower that had lost track of it.
+    let mut seeds: Vec<u64> = (1..=12).collect();
+    seeds.extend([2486311604276037457, 5495325393129965013, 158985378458776511]);
+    seeds
+}
+
+#[test]
+fn shards_hibernate_and_fail_over_under_faults() {
+    let seeds = seeds();
+    let mut failures = Vec::new();
+    for &seed in &seeds {
+        let mut sim = Sim::new(seed);
+        match sim.run() {
+            Ok(line) => println!("ok   {line}"),
+            Err(what) => {
+                println!("FAIL {}: {what}\n  replay: KAHUNA_SHARD_SIM_SEED={seed} cargo test --test shard_simulation -- --nocapture", sim.describe());
+                failures.push(seed);
+            }
+        }
+    }
+    println!(
+        "shard simulation: {} seeds, {} violations",
+        seeds.len(),
+        failures.len()
+    );
+    assert!(failures.is_empty(), "failing seeds: {failures:?}");
+}
