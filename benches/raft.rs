@@ -20,12 +20,24 @@ impl Group {
         let replicas = voters
             .iter()
             .map(|&id| {
-                let config = Config { id, group: 1, seed: id, ..Config::default() };
-                let restore = RestoreState { initial_conf: ConfState::new(voters.clone(), vec![]), ..Default::default() };
+                let config = Config {
+                    id,
+                    group: 1,
+                    seed: id,
+                    ..Config::default()
+                };
+                let restore = RestoreState {
+                    initial_conf: ConfState::new(voters.clone(), vec![]),
+                    ..Default::default()
+                };
                 Raft::new(config, restore).unwrap()
             })
             .collect();
-        let mut group = Group { replicas, inbox: VecDeque::new(), applied: 0 };
+        let mut group = Group {
+            replicas,
+            inbox: VecDeque::new(),
+            applied: 0,
+        };
         group.replicas[0].campaign();
         group.run();
         assert!(group.replicas[0].is_leader());
@@ -76,11 +88,15 @@ fn proposals(c: &mut Criterion) {
     let mut bench = c.benchmark_group("raft_3_replicas_in_memory");
     for batch in [1usize, 64] {
         bench.throughput(Throughput::Elements(batch as u64));
-        bench.bench_with_input(BenchmarkId::new("entries_256B_batch", batch), &batch, |b, &batch| {
-            let mut group = Group::new();
-            b.iter(|| group.propose_batch(batch, &payload));
-            assert!(group.applied > 0);
-        });
+        bench.bench_with_input(
+            BenchmarkId::new("entries_256B_batch", batch),
+            &batch,
+            |b, &batch| {
+                let mut group = Group::new();
+                b.iter(|| group.propose_batch(batch, &payload));
+                assert!(group.applied > 0);
+            },
+        );
     }
     bench.finish();
 }

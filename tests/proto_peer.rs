@@ -571,3 +571,27 @@ proptest! {
         }
     }
 }
+
+/// The verifier's table and apparent-size limits must admit the largest legal frames: as many
+/// of the smallest messages as the encoder puts in one frame.
+#[test]
+fn a_frame_full_of_the_smallest_messages_verifies() {
+    let message = |group| Message {
+        group,
+        from: FROM,
+        to: TO,
+        term: 1,
+        body: MessageBody::TimeoutNow,
+    };
+    let per_frame = PEER_FRAME_BYTES_MAX / message_bytes_bound(&message(0));
+    let messages: Vec<Message> = (0..per_frame as u64 + 10).map(message).collect();
+    let mut encoder = PeerEncoder::new();
+    let encoded = encoder.encode_batch(FROM, TO, &messages).unwrap();
+    assert!(
+        encoded.messages_encoded + 10 >= per_frame,
+        "only {} messages fit",
+        encoded.messages_encoded
+    );
+    let decoded = decode_batch(encoded.frame).unwrap();
+    assert_eq!(decoded.messages.len(), encoded.messages_encoded);
+}

@@ -24,9 +24,14 @@ fn run_seed(seed: u64) -> Result<String, String> {
     } else {
         let mut report = format!("FAIL {description}\n");
         for violation in violations.iter().take(5) {
-            report.push_str(&format!("  at step {}: {}\n", violation.step, violation.what));
+            report.push_str(&format!(
+                "  at step {}: {}\n",
+                violation.step, violation.what
+            ));
         }
-        report.push_str(&format!("  replay: KAHUNA_SIM_SEED={seed} cargo test --release --test simulation"));
+        report.push_str(&format!(
+            "  replay: KAHUNA_SIM_SEED={seed} cargo test --release --test simulation"
+        ));
         Err(report)
     }
 }
@@ -37,21 +42,30 @@ fn main() {
         vec![seed.parse().expect("KAHUNA_SIM_SEED is a number")]
     } else if let Ok(count) = std::env::var("KAHUNA_SIM_SEEDS") {
         let count: u64 = count.parse().expect("KAHUNA_SIM_SEEDS is a number");
-        let base = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+        let base = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64;
         let base = base ^ (std::process::id() as u64).rotate_left(32);
-        (0..count).map(|k| base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 1).collect()
+        (0..count)
+            .map(|k| base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 1)
+            .collect()
     } else {
         FIXED_SEEDS.collect()
     };
     let verbose = std::env::var("KAHUNA_SIM_VERBOSE").is_ok() || seeds.len() == 1;
     let next = AtomicUsize::new(0);
     let violations = AtomicU64::new(0);
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(seeds.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(seeds.len().max(1));
     std::thread::scope(|scope| {
         for _ in 0..threads {
             scope.spawn(|| loop {
                 let position = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&seed) = seeds.get(position) else { return };
+                let Some(&seed) = seeds.get(position) else {
+                    return;
+                };
                 match run_seed(seed) {
                     Ok(line) => {
                         if verbose {
@@ -67,7 +81,11 @@ fn main() {
         }
     });
     let violations = violations.load(Ordering::Relaxed);
-    println!("simulation: {} seeds, {} violations", seeds.len(), violations);
+    println!(
+        "simulation: {} seeds, {} violations",
+        seeds.len(),
+        violations
+    );
     if violations > 0 {
         std::process::exit(1);
     }

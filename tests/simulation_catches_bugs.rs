@@ -7,7 +7,11 @@ use kahuna::raft::SafetyFault;
 use sim::{SimOptions, Simulation};
 
 /// Runs seeds with `fault` until one reports a violation; returns the first report.
-fn first_violation(fault: SafetyFault, seeds: std::ops::Range<u64>, shape: impl Fn(&mut SimOptions)) -> Option<String> {
+fn first_violation(
+    fault: SafetyFault,
+    seeds: std::ops::Range<u64>,
+    shape: impl Fn(&mut SimOptions),
+) -> Option<String> {
     for seed in seeds {
         let mut options = SimOptions::from_seed(seed);
         options.safety_fault = Some(fault);
@@ -15,7 +19,10 @@ fn first_violation(fault: SafetyFault, seeds: std::ops::Range<u64>, shape: impl 
         let mut simulation = Simulation::new(options.clone());
         let violations = simulation.run();
         if let Some(violation) = violations.first() {
-            return Some(format!("seed {seed} ({options}) step {}: {}", violation.step, violation.what));
+            return Some(format!(
+                "seed {seed} ({options}) step {}: {}",
+                violation.step, violation.what
+            ));
         }
     }
     None
@@ -55,7 +62,8 @@ fn committing_earlier_terms_by_count_is_caught() {
         options.check_quorum = false;
         options.compact_after = 1000;
     });
-    let report = found.expect("the simulator must catch commits of earlier-term entries by counting");
+    let report =
+        found.expect("the simulator must catch commits of earlier-term entries by counting");
     println!("caught: {report}");
 }
 
@@ -76,6 +84,10 @@ fn correct_core_passes_the_same_hostile_settings() {
         options.compact_after = 1000;
         let mut simulation = Simulation::new(options.clone());
         let violations = simulation.run();
-        assert!(violations.is_empty(), "seed {seed} ({options}): {:?}", violations.first());
+        assert!(
+            violations.is_empty(),
+            "seed {seed} ({options}): {:?}",
+            violations.first()
+        );
     }
 }

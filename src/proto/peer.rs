@@ -605,14 +605,51 @@ fn check_message_for_encoding(
             to_node,
         });
     }
-    if let MessageBody::InstallSnapshot { meta, .. } = &message.body {
-        if !is_canonical(&meta.conf_state.voters, &meta.conf_state.learners) {
+    match &message.body {
+        MessageBody::InstallSnapshot { meta, .. }
+            if !is_canonical(&meta.conf_state.voters, &meta.conf_state.learners) =>
+        {
             return Err(PeerEncodeError::NonCanonicalConfState {
                 group: message.group,
             });
         }
+        MessageBody::Append {
+            prev_index,
+            prev_term,
+            entries,
+            ..
+        } => {
+            let positions = entries.iter().map(|entry| (entry.index, entry.term));
+            if let Some((index, term)) = first_non_contiguous(*prev_index, *prev_term, positions) {
+                return Err(PeerEncodeError::NonContiguousEntries {
+                    group: message.group,
+                    prev_index: *prev_index,
+                    prev_term: *prev_term,
+                    index,
+                    term,
+                });
+            }
+        }
+        _ => {}
     }
     Ok(())
+}
+
+/// The first entry position that does not follow the one before it in an anchored append:
+/// indexes go up by one from `prev_index`, terms never fall below `prev_term` or each other.
+fn first_non_contiguous(
+    prev_index: Index,
+    prev_term: Term,
+    positions: impl Iterator<Item = (Index, Term)>,
+) -> Option<(Index, Term)> {
+    let (mut last_index, mut last_term) = (prev_index, prev_term);
+    for (index, term) in positions {
+        if Some(index) != last_index.checked_add(1) || term < last_term {
+            return Some((index, term));
+        }
+        (last_index, last_term) = (index, term);
+    }
+    None
 }
 
 /// Sorted, unique, disjoint, without [`NO_NODE`]: the invariant of [`ConfState`].
@@ -799,20 +836,19 @@ fn decode_body(message: &fb::RaftMessage<'_>) -> Result<MessageBody, PeerDecodeE
 fn decode_append(group: GroupId, append: fb::Append<'_>) -> Result<MessageBody, PeerDecodeError> {
     let (prev_index, prev_term) = (append.prev_index(), append.prev_term());
     let encoded = append.entries().unwrap_or_default();
+    let positions = encoded.iter().map(|entry| (entry.index(), entry.term()));
+    if let Some((index, term)) = first_non_contiguous(prev_index, prev_term, positions) {
+        return Err(PeerDecodeError::NonContiguousEntries {
+            group,
+            prev_index,
+            prev_term,
+            index,
+            term,
+        });
+    }
     let mut entries = Vec::with_capacity(encoded.len());
-    // Anchored append: entries follow (prev_index, prev_term) without gaps, terms never fall.
-    let (mut last_index, mut last_term) = (prev_index, prev_term);
     for entry in encoded {
         let (index, term) = (entry.index(), entry.term());
-        if Some(index) != last_index.checked_add(1) || term < last_term {
-            return Err(PeerDecodeError::NonContiguousEntries {
-                group,
-                prev_index,
-                prev_term,
-                index,
-                term,
-            });
-        }
         let kind = EntryKind::from_u8(entry.kind().0).ok_or(PeerDecodeError::UnknownEntryKind {
             group,
             index,
@@ -828,7 +864,6 @@ fn decode_append(group: GroupId, append: fb::Append<'_>) -> Result<MessageBody, 
             kind,
             data,
         });
-        (last_index, last_term) = (index, term);
     }
     Ok(MessageBody::Append {
         prev_index,

@@ -131,7 +131,10 @@ struct StateMachine {
 }
 
 fn mix(mut h: u64, value: u64) -> u64 {
-    h ^= value.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+    h ^= value
+        .wrapping_add(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(h << 6)
+        .wrapping_add(h >> 2);
     h.wrapping_mul(0xff51_afd7_ed55_8ccd)
 }
 
@@ -148,7 +151,11 @@ fn entry_hash(entry: &Entry) -> u64 {
 
 impl StateMachine {
     fn apply(&mut self, entry: &Entry) {
-        assert_eq!(entry.index, self.applied + 1, "state machine applies in order");
+        assert_eq!(
+            entry.index,
+            self.applied + 1,
+            "state machine applies in order"
+        );
         self.applied = entry.index;
         self.digest = mix(self.digest, entry_hash(entry));
     }
@@ -176,7 +183,13 @@ struct Durable {
 }
 
 enum Write {
-    Ready { number: u64, hard_state: Option<HardState>, snapshot: Option<Snapshot>, entries: Vec<Entry>, messages: Vec<Message> },
+    Ready {
+        number: u64,
+        hard_state: Option<HardState>,
+        snapshot: Option<Snapshot>,
+        entries: Vec<Entry>,
+        messages: Vec<Message>,
+    },
     StateMachine(StateMachine),
     Compact(Snapshot),
 }
@@ -184,16 +197,29 @@ enum Write {
 impl Durable {
     fn apply(&mut self, write: &Write) {
         match write {
-            Write::Ready { hard_state, snapshot, entries, .. } => {
+            Write::Ready {
+                hard_state,
+                snapshot,
+                entries,
+                ..
+            } => {
                 if let Some(snapshot) = snapshot {
                     self.snapshot = Some(snapshot.clone());
                     self.entries.clear();
                 }
                 if let Some(first) = entries.first() {
                     let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
-                    assert!(first.index > base, "entry {} written at or below snapshot {base}", first.index);
+                    assert!(
+                        first.index > base,
+                        "entry {} written at or below snapshot {base}",
+                        first.index
+                    );
                     self.entries.truncate((first.index - base - 1) as usize);
-                    assert_eq!(self.entries.len() as u64, first.index - base - 1, "durable log gap");
+                    assert_eq!(
+                        self.entries.len() as u64,
+                        first.index - base - 1,
+                        "durable log gap"
+                    );
                     self.entries.extend(entries.iter().cloned());
                 }
                 if let Some(hard_state) = hard_state {
@@ -291,11 +317,19 @@ impl Simulation {
         let node_ids: Vec<NodeId> = (1..=options.nodes as u64).collect();
         for group in 1..=options.groups as u64 {
             // Three voters per group, placed round-robin so leadership spreads.
-            let voters: Vec<NodeId> = (0..3).map(|k| node_ids[((group as usize) + k) % node_ids.len()]).collect();
+            let voters: Vec<NodeId> = (0..3)
+                .map(|k| node_ids[((group as usize) + k) % node_ids.len()])
+                .collect();
             initial_conf.insert(group, ConfState::new(voters, vec![]));
         }
         for &id in &node_ids {
-            nodes.insert(id, Node { up: true, replicas: BTreeMap::new() });
+            nodes.insert(
+                id,
+                Node {
+                    up: true,
+                    replicas: BTreeMap::new(),
+                },
+            );
         }
         let mut simulation = Simulation {
             dice: Dice::new(options.seed),
@@ -320,7 +354,12 @@ impl Simulation {
         for &id in &node_ids {
             for group in 1..=simulation.options.groups as u64 {
                 let replica = simulation.start_replica(id, group, Durable::default());
-                simulation.nodes.get_mut(&id).unwrap().replicas.insert(group, replica);
+                simulation
+                    .nodes
+                    .get_mut(&id)
+                    .unwrap()
+                    .replicas
+                    .insert(group, replica);
             }
         }
         simulation
@@ -346,7 +385,11 @@ impl Simulation {
     fn start_replica(&mut self, id: NodeId, group: GroupId, durable: Durable) -> Replica {
         let conf = self.initial_conf[&group].clone();
         // Nodes outside the initial configuration start empty and may join later.
-        let initial_conf = if conf.contains(id) { conf } else { ConfState::default() };
+        let initial_conf = if conf.contains(id) {
+            conf
+        } else {
+            ConfState::default()
+        };
         let restore = RestoreState {
             hard_state: durable.hard_state,
             snapshot: durable.snapshot.clone(),
@@ -357,11 +400,20 @@ impl Simulation {
         let config = self.raft_config(id, group, self.now);
         let raft = Raft::new(config, restore).expect("restored state is valid");
         let last_committed = raft.committed();
-        Replica { raft, state_machine: durable.state_machine, durable, unsynced: VecDeque::new(), last_committed }
+        Replica {
+            raft,
+            state_machine: durable.state_machine,
+            durable,
+            unsynced: VecDeque::new(),
+            last_committed,
+        }
     }
 
     fn violation(&mut self, what: String) {
-        self.violations.push(Violation { step: self.now, what });
+        self.violations.push(Violation {
+            step: self.now,
+            what,
+        });
     }
 
     pub fn node_ids(&self) -> Vec<NodeId> {
@@ -369,7 +421,11 @@ impl Simulation {
     }
 
     fn up_nodes(&self) -> Vec<NodeId> {
-        self.nodes.iter().filter(|(_, n)| n.up).map(|(&id, _)| id).collect()
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.up)
+            .map(|(&id, _)| id)
+            .collect()
     }
 
     fn leader_of(&self, group: GroupId) -> Option<NodeId> {
@@ -424,7 +480,11 @@ impl Simulation {
         }
         // Crashed nodes come back after a while.
         if self.dice.chance(0.02) {
-            let down: Vec<NodeId> = ids.iter().copied().filter(|id| !self.nodes[id].up).collect();
+            let down: Vec<NodeId> = ids
+                .iter()
+                .copied()
+                .filter(|id| !self.nodes[id].up)
+                .collect();
             if !down.is_empty() {
                 let id = self.dice.pick(&down);
                 self.restart(id);
@@ -523,30 +583,55 @@ impl Simulation {
         for group in groups {
             let durable = self.nodes[&id].replicas[&group].durable.clone();
             let replica = self.start_replica(id, group, durable);
-            self.nodes.get_mut(&id).unwrap().replicas.insert(group, replica);
+            self.nodes
+                .get_mut(&id)
+                .unwrap()
+                .replicas
+                .insert(group, replica);
         }
         self.nodes.get_mut(&id).unwrap().up = true;
     }
 
     fn transfer_leadership(&mut self, group: GroupId) {
-        let Some(leader) = self.leader_of(group) else { return };
-        let voters = self.nodes[&leader].replicas[&group].raft.conf_state().voters.clone();
+        let Some(leader) = self.leader_of(group) else {
+            return;
+        };
+        let voters = self.nodes[&leader].replicas[&group]
+            .raft
+            .conf_state()
+            .voters
+            .clone();
         let targets: Vec<NodeId> = voters.into_iter().filter(|&v| v != leader).collect();
         if targets.is_empty() {
             return;
         }
         let target = self.dice.pick(&targets);
-        let replica = self.nodes.get_mut(&leader).unwrap().replicas.get_mut(&group).unwrap();
+        let replica = self
+            .nodes
+            .get_mut(&leader)
+            .unwrap()
+            .replicas
+            .get_mut(&group)
+            .unwrap();
         if replica.raft.transfer_leader(target).is_ok() {
             self.stats.transfers += 1;
         }
     }
 
     fn change_membership(&mut self, group: GroupId) {
-        let Some(leader) = self.leader_of(group) else { return };
+        let Some(leader) = self.leader_of(group) else {
+            return;
+        };
         let ids = self.node_ids();
-        let conf = self.nodes[&leader].replicas[&group].raft.conf_state().clone();
-        let outsiders: Vec<NodeId> = ids.iter().copied().filter(|id| !conf.contains(*id)).collect();
+        let conf = self.nodes[&leader].replicas[&group]
+            .raft
+            .conf_state()
+            .clone();
+        let outsiders: Vec<NodeId> = ids
+            .iter()
+            .copied()
+            .filter(|id| !conf.contains(*id))
+            .collect();
         let mut voters = conf.voters.clone();
         let mut learners = conf.learners.clone();
         if let Some(&learner) = learners.first() {
@@ -561,8 +646,18 @@ impl Simulation {
         } else {
             return;
         }
-        let replica = self.nodes.get_mut(&leader).unwrap().replicas.get_mut(&group).unwrap();
-        if replica.raft.propose_conf_change(ConfState::new(voters, learners)).is_ok() {
+        let replica = self
+            .nodes
+            .get_mut(&leader)
+            .unwrap()
+            .replicas
+            .get_mut(&group)
+            .unwrap();
+        if replica
+            .raft
+            .propose_conf_change(ConfState::new(voters, learners))
+            .is_ok()
+        {
             self.stats.conf_changes += 1;
         }
     }
@@ -578,10 +673,18 @@ impl Simulation {
 
     /// Proposes proposal `id` through whichever live replica leads `group`.
     fn propose_id(&mut self, group: GroupId, id: u64) -> bool {
-        let Some(leader) = self.leader_of(group) else { return false };
+        let Some(leader) = self.leader_of(group) else {
+            return false;
+        };
         let mut data = id.to_be_bytes().to_vec();
         data.resize(8 + (id % 24) as usize, 0xAB);
-        let replica = self.nodes.get_mut(&leader).unwrap().replicas.get_mut(&group).unwrap();
+        let replica = self
+            .nodes
+            .get_mut(&leader)
+            .unwrap()
+            .replicas
+            .get_mut(&group)
+            .unwrap();
         replica.raft.propose(Bytes::from(data)).is_ok()
     }
 
@@ -599,7 +702,11 @@ impl Simulation {
             self.stats.messages_dropped += 1;
             return;
         }
-        let copies = if loss && self.dice.chance(self.options.duplication) { 2 } else { 1 };
+        let copies = if loss && self.dice.chance(self.options.duplication) {
+            2
+        } else {
+            1
+        };
         for _ in 0..copies {
             let delay = 1 + self.dice.below(self.options.delay_max);
             let tail = self.link_tail.entry((from, to)).or_insert(0);
@@ -611,7 +718,11 @@ impl Simulation {
                 at
             };
             self.message_order += 1;
-            self.network.push(InFlight { deliver_at, order: self.message_order, message: message.clone() });
+            self.network.push(InFlight {
+                deliver_at,
+                order: self.message_order,
+                message: message.clone(),
+            });
         }
     }
 
@@ -633,14 +744,21 @@ impl Simulation {
                 self.stats.messages_dropped += 1;
                 continue;
             }
-            let Some(node) = self.nodes.get_mut(&message.to) else { continue };
+            let Some(node) = self.nodes.get_mut(&message.to) else {
+                continue;
+            };
             if !node.up {
                 self.stats.messages_dropped += 1;
                 continue;
             }
-            let Some(replica) = node.replicas.get_mut(&message.group) else { continue };
+            let Some(replica) = node.replicas.get_mut(&message.group) else {
+                continue;
+            };
             self.stats.messages_delivered += 1;
-            replica.raft.step(message).expect("routed to the right replica");
+            replica
+                .raft
+                .step(message)
+                .expect("routed to the right replica");
         }
     }
 
@@ -657,12 +775,21 @@ impl Simulation {
     fn sync_node(&mut self, id: NodeId) {
         let groups: Vec<GroupId> = self.nodes[&id].replicas.keys().copied().collect();
         for group in groups {
-            let replica = self.nodes.get_mut(&id).unwrap().replicas.get_mut(&group).unwrap();
+            let replica = self
+                .nodes
+                .get_mut(&id)
+                .unwrap()
+                .replicas
+                .get_mut(&group)
+                .unwrap();
             let mut released = Vec::new();
             let mut last_number = None;
             while let Some(write) = replica.unsynced.pop_front() {
                 replica.durable.apply(&write);
-                if let Write::Ready { number, messages, .. } = write {
+                if let Write::Ready {
+                    number, messages, ..
+                } = write
+                {
                     last_number = Some(number);
                     released.extend(messages);
                 }
@@ -688,7 +815,13 @@ impl Simulation {
 
     fn process_replica(&mut self, id: NodeId, group: GroupId) {
         loop {
-            let replica = self.nodes.get_mut(&id).unwrap().replicas.get_mut(&group).unwrap();
+            let replica = self
+                .nodes
+                .get_mut(&id)
+                .unwrap()
+                .replicas
+                .get_mut(&group)
+                .unwrap();
             if !replica.raft.has_ready() {
                 return;
             }
@@ -704,7 +837,10 @@ impl Simulation {
                 replica.state_machine.apply(entry);
                 newly_applied.push((entry.index, replica.state_machine.digest));
                 if entry.kind == EntryKind::Normal && entry.data.len() >= 8 {
-                    applied_ids.push((u64::from_be_bytes(entry.data[..8].try_into().unwrap()), entry.index));
+                    applied_ids.push((
+                        u64::from_be_bytes(entry.data[..8].try_into().unwrap()),
+                        entry.index,
+                    ));
                 }
             }
             let state_machine = replica.state_machine;
@@ -716,7 +852,9 @@ impl Simulation {
                 messages: ready.persisted_messages,
             });
             if !ready.committed_entries.is_empty() || snapshot_installed.is_some() {
-                replica.unsynced.push_back(Write::StateMachine(state_machine));
+                replica
+                    .unsynced
+                    .push_back(Write::StateMachine(state_machine));
             }
             // Compact once enough applied entries sit in memory.
             let applied = replica.raft.applied();
@@ -724,7 +862,10 @@ impl Simulation {
             if applied >= first && (applied - first + 1) as usize >= self.options.compact_after {
                 let data = replica.state_machine.encode();
                 debug_assert_eq!(replica.state_machine.applied, applied);
-                replica.raft.compact(applied, data).expect("compaction of applied entries");
+                replica
+                    .raft
+                    .compact(applied, data)
+                    .expect("compaction of applied entries");
                 let snapshot = replica.raft.snapshot().expect("just compacted").clone();
                 replica.unsynced.push_back(Write::Compact(snapshot));
             }
@@ -775,7 +916,10 @@ impl Simulation {
     fn check_snapshot_digest(&mut self, id: NodeId, group: GroupId, state_machine: StateMachine) {
         let digests = self.applied_digests.entry(group).or_default();
         let position = (state_machine.applied - 1) as usize;
-        if position < digests.len() && digests[position] != 0 && digests[position] != state_machine.digest {
+        if position < digests.len()
+            && digests[position] != 0
+            && digests[position] != state_machine.digest
+        {
             let what = format!(
                 "State Machine Safety: node {id} group {group} installed a snapshot at {} that disagrees",
                 state_machine.applied
@@ -790,7 +934,14 @@ impl Simulation {
     pub fn check_safety(&mut self) {
         if std::env::var("KAHUNA_SIM_TRACE").is_ok() {
             let d = self.dump();
-            eprintln!("--- step {}\n{}", self.now, d.lines().filter(|l| l.contains("g1 ")).collect::<Vec<_>>().join("\n"));
+            eprintln!(
+                "--- step {}\n{}",
+                self.now,
+                d.lines()
+                    .filter(|l| l.contains("g1 "))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
         }
         let mut found = Vec::new();
         for (&id, node) in &self.nodes {
@@ -855,11 +1006,15 @@ impl Simulation {
                 let record = self.committed.entry(group).or_default();
                 let first = raft.first_index();
                 for index in first..=raft.committed() {
-                    let entry = raft.log_entry(index).expect("committed entries above the snapshot are in the log");
+                    let entry = raft
+                        .log_entry(index)
+                        .expect("committed entries above the snapshot are in the log");
                     let position = (index - 1) as usize;
                     let value = (entry.term, entry_hash(entry));
                     if position < record.len() {
-                        if record[position].0 != 0 && (record[position].0, record[position].1) != value {
+                        if record[position].0 != 0
+                            && (record[position].0, record[position].1) != value
+                        {
                             found.push(format!(
                                 "committed entry rolled back or diverged: group {group} index {index} on node {id} is term {} but term {} was committed",
                                 entry.term, record[position].0
@@ -882,7 +1037,9 @@ impl Simulation {
                 if !raft.is_leader() {
                     continue;
                 }
-                let Some(record) = self.committed.get(&group) else { continue };
+                let Some(record) = self.committed.get(&group) else {
+                    continue;
+                };
                 for (position, &(term, hash, commit_term)) in record.iter().enumerate() {
                     let index = position as u64 + 1;
                     if term == 0 || index < raft.first_index() || commit_term >= raft.term() {
@@ -931,8 +1088,13 @@ impl Simulation {
     /// Whether proposal `id` was committed at an index every live member has applied (also
     /// when the entry has been compacted away on the leader).
     fn seen_applied(&self, group: GroupId, id: u64) -> bool {
-        let Some(leader) = self.leader_of(group) else { return false };
-        let members = self.nodes[&leader].replicas[&group].raft.conf_state().clone();
+        let Some(leader) = self.leader_of(group) else {
+            return false;
+        };
+        let members = self.nodes[&leader].replicas[&group]
+            .raft
+            .conf_state()
+            .clone();
         self.applied_ids.get(&(group, id)).is_some_and(|&index| {
             members.members().all(|member| {
                 let node = &self.nodes[&member];
@@ -961,15 +1123,18 @@ impl Simulation {
                 // Clients retry what was lost with a crashed or deposed leader (not what is
                 // still in flight in the current leader's log).
                 for (id, group) in missing {
-                    if !self.applied_ids.contains_key(&(group, id)) && !self.in_leader_log(group, id) {
+                    if !self.applied_ids.contains_key(&(group, id))
+                        && !self.in_leader_log(group, id)
+                    {
                         self.propose_id(group, id);
                     }
                 }
             }
         }
         let missing = self.missing_proposals();
-        let groups_without_leader: Vec<GroupId> =
-            (1..=self.options.groups as u64).filter(|&g| self.leader_of(g).is_none()).collect();
+        let groups_without_leader: Vec<GroupId> = (1..=self.options.groups as u64)
+            .filter(|&g| self.leader_of(g).is_none())
+            .collect();
         let dump = self.dump();
         self.violation(format!(
             "{dump}liveness: after healing, {} proposals not applied everywhere within {} ticks (first: {:?}); groups without a leader: {:?}; converged: {}",
@@ -982,11 +1147,15 @@ impl Simulation {
     }
 
     fn in_leader_log(&self, group: GroupId, id: u64) -> bool {
-        let Some(leader) = self.leader_of(group) else { return false };
+        let Some(leader) = self.leader_of(group) else {
+            return false;
+        };
         let raft = &self.nodes[&leader].replicas[&group].raft;
         (raft.first_index()..=raft.last_index())
             .filter_map(|i| raft.log_entry(i))
-            .any(|e| e.kind == EntryKind::Normal && e.data.len() >= 8 && e.data[..8] == id.to_be_bytes())
+            .any(|e| {
+                e.kind == EntryKind::Normal && e.data.len() >= 8 && e.data[..8] == id.to_be_bytes()
+            })
     }
 
     /// A readable state of every replica, printed with a liveness failure.
@@ -1017,9 +1186,14 @@ impl Simulation {
     /// Every live member of every group applied the same index as its leader's commit.
     fn converged(&self) -> bool {
         (1..=self.options.groups as u64).all(|group| {
-            let Some(leader) = self.leader_of(group) else { return false };
+            let Some(leader) = self.leader_of(group) else {
+                return false;
+            };
             let committed = self.nodes[&leader].replicas[&group].raft.committed();
-            let conf = self.nodes[&leader].replicas[&group].raft.conf_state().clone();
+            let conf = self.nodes[&leader].replicas[&group]
+                .raft
+                .conf_state()
+                .clone();
             let all = conf.members().all(|id| {
                 let node = &self.nodes[&id];
                 node.up && node.replicas[&group].state_machine.applied == committed
