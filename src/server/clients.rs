@@ -1,0 +1,331 @@
+//! The client port: length-prefixed flatbuffers requests, many in flight per connection
+//! (answers may come back in any order), bounded by `REQUESTS_IN_FLIGHT_MAX`. A malformed frame
+//! closes only its connection; every refused request gets a precise error code.
+
+use std::cell::Cell;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::channels::local_channel::{self, LocalReceiver};
+use glommio::net::{TcpListener, TcpStream};
+
+use super::core::{CoreState, ProposeFailure, WriteResult};
+use super::placement::{group_of, partition_of};
+use crate::kv::{Command, Op as KvOp, Outcome, Session};
+use crate::proto::client::{
+    decode_request, ClientEncoder, ErrorCode, NodeAddress, NodeStatus, Op, PartitionStatus, Reply,
+    Request, Response,
+};
+use crate::proto::frame::FrameDecoder;
+use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
+
+/// What every connection handler of a core needs to know about the cluster.
+pub struct ClusterView {
+    pub cluster_id: u64,
+    pub partitions: u64,
+    pub cores: usize,
+    pub client_addrs: Vec<NodeAddress>,
+}
+
+impl ClusterView {
+    fn address_of(&self, node: u64) -> String {
+        self.client_addrs
+            .iter()
+            .find(|a| a.node_id == node)
+            .map(|a| a.client_address.clone())
+            .unwrap_or_default()
+    }
+}
+
+pub async fn serve_clients(listener: TcpListener, core: Rc<CoreState>, view: Rc<ClusterView>) {
+    loop {
+        match listener.accept().await {
+            Ok(stream) => {
+                let _ = stream.set_nodelay(true);
+                let core = core.clone();
+                let view = view.clone();
+                glommio::spawn_local(async move {
+                    if let Err(reason) = serve_connection(stream, core, view).await {
+                        eprintln!("kahuna: client connection closed: {reason}");
+                    }
+                })
+                .detach();
+            }
+            Err(error) => {
+                eprintln!("kahuna: accept failed: {error}");
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    core: Rc<CoreState>,
+    view: Rc<ClusterView>,
+) -> Result<(), String> {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (responses, outbox): (_, LocalReceiver<Response>) =
+        local_channel::new_bounded(REQUESTS_IN_FLIGHT_MAX);
+    let responses = Rc::new(responses);
+    let in_flight = Rc::new(Cell::new(0usize));
+    // The writer task encodes answers as they complete, in completion order.
+    let writer_task = glommio::spawn_local(async move {
+        let mut encoder = ClientEncoder::new();
+        while let Some(response) = outbox.recv().await {
+            let frame = match encoder.encode_response(&response) {
+                Ok(frame) => frame.to_vec(),
+                Err(error) => {
+                    let fallback = Response::error(
+                        response.request_id,
+                        ErrorCode::Internal,
+                        error.to_string(),
+                    );
+                    match encoder.encode_response(&fallback) {
+                        Ok(frame) => frame.to_vec(),
+                        Err(_) => continue,
+                    }
+                }
+            };
+            if writer.write_all(&frame).await.is_err() {
+                return;
+            }
+        }
+    })
+    .detach();
+    let mut decoder = FrameDecoder::new(CLIENT_FRAME_BYTES_MAX);
+    loop {
+        let buffer = decoder.read_buffer(64 << 10);
+        let read = reader
+            .read(buffer)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        decoder.filled(read);
+        if read == 0 {
+            drop(writer_task);
+            return Ok(());
+        }
+        loop {
+            let frame = match decoder.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) => return Err(format!("bad frame: {error}")),
+            };
+            let request = match decode_request(&frame) {
+                Ok(request) => request,
+                Err(error) => {
+                    if let Some(id) = error.request_id() {
+                        let _ = responses.try_send(Response::error(
+                            id,
+                            ErrorCode::Malformed,
+                            error.to_string(),
+                        ));
+                    }
+                    return Err(format!("malformed request: {error}"));
+                }
+            };
+            if in_flight.get() >= REQUESTS_IN_FLIGHT_MAX {
+                let message = format!(
+                    "more than {REQUESTS_IN_FLIGHT_MAX} requests in flight on this connection"
+                );
+                let _ = responses.try_send(Response::error(
+                    request.request_id,
+                    ErrorCode::TooManyInFlight,
+                    message,
+                ));
+                continue;
+            }
+            in_flight.set(in_flight.get() + 1);
+            let core = core.clone();
+            let view = view.clone();
+            let responses = responses.clone();
+            let in_flight = in_flight.clone();
+            glommio::spawn_local(async move {
+                let response = handle(&core, &view, request).await;
+                in_flight.set(in_flight.get() - 1);
+                let _ = responses.send(response).await;
+            })
+            .detach();
+        }
+    }
+}
+
+fn not_leader(view: &ClusterView, request_id: u64, leader: u64) -> Response {
+    let mut response = Response::error(
+        request_id,
+        ErrorCode::NotLeader,
+        format!("not the leader; leader hint: {leader}"),
+    );
+    response.leader_hint = leader;
+    response.leader_address = view.address_of(leader);
+    response
+}
+
+fn failure(view: &ClusterView, request_id: u64, failure: ProposeFailure) -> Response {
+    match failure {
+        ProposeFailure::UnknownGroup => Response::error(
+            request_id,
+            ErrorCode::UnknownPartition,
+            "partition not hosted here",
+        ),
+        ProposeFailure::NotLeader(leader) => not_leader(view, request_id, leader),
+        ProposeFailure::Refused(why) => Response::error(request_id, ErrorCode::Unavailable, why),
+        ProposeFailure::Timeout => Response::error(
+            request_id,
+            ErrorCode::Timeout,
+            "no answer in time; the outcome is unknown",
+        ),
+    }
+}
+
+async fn handle(core: &CoreState, view: &ClusterView, request: Request) -> Response {
+    let id = request.request_id;
+    if request.cluster_id != 0 && request.cluster_id != view.cluster_id {
+        let message = format!(
+            "this node belongs to cluster {}, not {}",
+            view.cluster_id, request.cluster_id
+        );
+        return Response::error(id, ErrorCode::WrongCluster, message);
+    }
+    if let Err(violation) = request.check_limits() {
+        return Response::error(id, violation.code, violation.message);
+    }
+    let key = match &request.op {
+        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+            key.clone()
+        }
+        Op::Scan { .. } => {
+            return Response::error(id, ErrorCode::Unavailable, "scan is not implemented yet")
+        }
+        Op::Status => return Response::ok(id, Some(Reply::Status(status(core, view)))),
+    };
+    let partition = partition_of(&key, view.partitions);
+    if super::placement::core_of(partition, view.cores) != core.core {
+        return Response::error(
+            id,
+            ErrorCode::Unavailable,
+            "cross-core routing is not built yet: run the node with --cores 1",
+        );
+    }
+    let group = group_of(partition);
+    match request.op {
+        Op::Get { stale_ok, .. } => {
+            if !stale_ok {
+                if let Err(error) = core.read_barrier(group).await {
+                    return failure(view, id, error);
+                }
+            }
+            match core.storage.get(group, key).await {
+                Ok(Some(stored)) => match crate::kv::StoredValue::decode(&stored) {
+                    Ok(stored) => Response::ok(
+                        id,
+                        Some(Reply::Value {
+                            value: stored.value,
+                            revision: stored.meta.revision,
+                        }),
+                    ),
+                    Err(error) => Response::error(id, ErrorCode::Internal, error.to_string()),
+                },
+                Ok(None) => Response::error(id, ErrorCode::NotFound, "not found"),
+                Err(error) => Response::error(id, ErrorCode::Internal, error.to_string()),
+            }
+        }
+        op => {
+            let data = match command_for(op, request.client_id, request.sequence) {
+                Ok(data) => data,
+                Err(error) => return Response::error(id, ErrorCode::Malformed, error.to_string()),
+            };
+            match core.propose_and_wait(group, data).await {
+                Ok(WriteResult::Applied(outcome)) => response_for(id, outcome),
+                Ok(WriteResult::Lost) => Response::error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "leadership changed before the write applied; retry",
+                ),
+                Err(error) => failure(view, id, error),
+            }
+        }
+    }
+}
+
+fn status(core: &CoreState, view: &ClusterView) -> NodeStatus {
+    let shard = core.shard.borrow();
+    let partitions = shard
+        .group_ids()
+        .into_iter()
+        .filter_map(|group| {
+            let raft = shard.raft(group)?;
+            let status = raft.status();
+            Some(PartitionStatus {
+                partition: super::placement::partition_of_group(group),
+                role: status.role,
+                leader: status.leader,
+                term: status.term,
+                commit_index: status.committed,
+                applied_index: status.applied,
+            })
+        })
+        .collect();
+    NodeStatus {
+        node_id: core.node,
+        cluster_id: view.cluster_id,
+        partition_count: view.partitions,
+        nodes: view.client_addrs.clone(),
+        partitions,
+    }
+}
+
+/// The replicated command for a client write; a client id of 0 means no session.
+fn command_for(op: Op, client_id: u64, sequence: u64) -> Result<Bytes, crate::kv::CommandError> {
+    let session = (client_id != 0 && sequence != 0).then_some(Session {
+        client_id,
+        sequence,
+    });
+    let op = match op {
+        Op::Put { key, value } => KvOp::Put { key, value },
+        Op::Delete { key } => KvOp::Delete { key },
+        Op::Cas {
+            key,
+            expected_revision,
+            value,
+        } => KvOp::Cas {
+            key,
+            expected_revision,
+            value,
+        },
+        other => unreachable!("not a write: {other:?}"),
+    };
+    Command { session, op }.encode()
+}
+
+/// The client's answer for what applying its command did.
+fn response_for(id: u64, outcome: Outcome) -> Response {
+    match outcome {
+        Outcome::Applied { revision } => Response::ok(id, Some(Reply::Revision { revision })),
+        Outcome::Deleted { previous_revision } => Response::ok(
+            id,
+            Some(Reply::Revision {
+                revision: previous_revision,
+            }),
+        ),
+        Outcome::NotFound => Response::error(id, ErrorCode::NotFound, "not found"),
+        Outcome::RevisionMismatch { current } => {
+            let mut response = Response::error(
+                id,
+                ErrorCode::RevisionMismatch,
+                format!("current revision is {current}"),
+            );
+            response.reply = Some(Reply::Revision { revision: current });
+            response
+        }
+        Outcome::Rejected(rejection) => {
+            Response::error(id, ErrorCode::Malformed, format!("rejected: {rejection:?}"))
+        }
+        Outcome::SequenceStale { last_sequence } => Response::error(
+            id,
+            ErrorCode::Malformed,
+            format!("sequence is older than the last applied ({last_sequence}) for this client id"),
+        ),
+    }
+}

@@ -1,0 +1,253 @@
+//! One core of a node: its shard of Raft groups, its storage writer, its peer transport and its
+//! client requests, all on one glommio executor. The loop: feed what arrived into the shard,
+//! tick on the timer, collect ONE batch for every group with work, send the leader's messages,
+//! write the batch off the reactor (one sync), then release what waited for durability and
+//! answer the clients whose entries applied.
+//!
+//! Per-core state is `Rc<RefCell<..>>`; no borrow is ever held across an `.await`.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+
+use super::storage_writer::StorageWriter;
+use crate::kv::{KvMachine, Outcome};
+use crate::raft::{GroupId, Index, NodeId, Role, Term};
+use crate::shard::Shard;
+use crate::transport::PeerTransport;
+
+/// How long a client waits for its write to apply before the node answers Timeout.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The result a waiting client gets for its proposal.
+#[derive(Debug, Clone)]
+pub enum WriteResult {
+    Applied(Outcome),
+    /// The entry at that index was replaced (leadership changed): the write did not apply
+    /// there; a retry with the same session sequence is safe.
+    Lost,
+}
+
+struct Waiter {
+    term: Term,
+    reply: LocalSender<WriteResult>,
+}
+
+/// What a core shares with its client handlers.
+pub struct CoreState {
+    pub core: usize,
+    pub node: NodeId,
+    pub shard: RefCell<Shard<KvMachine>>,
+    pub storage: StorageWriter,
+    pub transport: PeerTransport,
+    waiters: RefCell<HashMap<(GroupId, Index), Waiter>>,
+    reads: RefCell<HashMap<u64, (GroupId, LocalSender<Option<Index>>)>>,
+    next_read: RefCell<u64>,
+    doorbell: LocalSender<()>,
+}
+
+impl CoreState {
+    pub fn new(
+        core: usize,
+        node: NodeId,
+        shard: Shard<KvMachine>,
+        storage: StorageWriter,
+        transport: PeerTransport,
+    ) -> (Rc<CoreState>, LocalReceiver<()>) {
+        let (doorbell, ring) = local_channel::new_bounded(1);
+        let state = CoreState {
+            core,
+            node,
+            shard: RefCell::new(shard),
+            storage,
+            transport,
+            waiters: RefCell::new(HashMap::new()),
+            reads: RefCell::new(HashMap::new()),
+            next_read: RefCell::new(1),
+            doorbell,
+        };
+        (Rc::new(state), ring)
+    }
+
+    /// Wakes the loop: there is work for the shard.
+    pub fn ring(&self) {
+        let _ = self.doorbell.try_send(());
+    }
+
+    /// Proposes `data` to `group` and waits until it applies (or is lost, or times out).
+    pub async fn propose_and_wait(
+        &self,
+        group: GroupId,
+        data: Bytes,
+    ) -> Result<WriteResult, ProposeFailure> {
+        let (index, term) = {
+            let mut shard = self.shard.borrow_mut();
+            let raft = shard.raft(group).ok_or(ProposeFailure::UnknownGroup)?;
+            if raft.role() != Role::Leader {
+                return Err(ProposeFailure::NotLeader(raft.leader()));
+            }
+            shard
+                .propose(group, data)
+                .map_err(|e| ProposeFailure::Refused(e.to_string()))?
+        };
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.waiters.borrow_mut().insert(
+            (group, index),
+            Waiter {
+                term,
+                reply: sender,
+            },
+        );
+        self.ring();
+        let result =
+            glommio::timer::timeout(WRITE_TIMEOUT, async { Ok(receiver.recv().await) }).await;
+        self.waiters.borrow_mut().remove(&(group, index));
+        match result {
+            Ok(Some(result)) => Ok(result),
+            Ok(None) => Err(ProposeFailure::Refused("core stopped".into())),
+            Err(_) => Err(ProposeFailure::Timeout),
+        }
+    }
+
+    /// Linearizable read point (ReadIndex): returns once this replica, confirmed leader by a
+    /// quorum, has applied everything committed when the read arrived.
+    pub async fn read_barrier(&self, group: GroupId) -> Result<(), ProposeFailure> {
+        let context = {
+            let mut next = self.next_read.borrow_mut();
+            *next += 1;
+            *next
+        };
+        {
+            let mut shard = self.shard.borrow_mut();
+            let raft = shard.raft(group).ok_or(ProposeFailure::UnknownGroup)?;
+            if raft.role() != Role::Leader {
+                return Err(ProposeFailure::NotLeader(raft.leader()));
+            }
+            shard
+                .read_index(group, context)
+                .map_err(|e| ProposeFailure::Refused(e.to_string()))?;
+        }
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.reads.borrow_mut().insert(context, (group, sender));
+        self.ring();
+        let result =
+            glommio::timer::timeout(WRITE_TIMEOUT, async { Ok(receiver.recv().await) }).await;
+        self.reads.borrow_mut().remove(&context);
+        match result {
+            Ok(Some(Some(_index))) => Ok(()),
+            Ok(Some(None)) => Err(ProposeFailure::NotLeader(0)),
+            Ok(None) => Err(ProposeFailure::Refused("core stopped".into())),
+            Err(_) => Err(ProposeFailure::Timeout),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProposeFailure {
+    UnknownGroup,
+    NotLeader(NodeId),
+    Refused(String),
+    Timeout,
+}
+
+/// The core's main loop. Never returns while the node runs.
+pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, tick: Duration) {
+    let mut next_tick = Instant::now() + tick;
+    // Reads confirmed by a quorum but not yet applied locally: (context, group, index).
+    let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
+    loop {
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + tick;
+            let heartbeat_to = state.shard.borrow_mut().tick();
+            for peer in heartbeat_to {
+                let _ = state.transport.send(peer, Vec::new());
+            }
+        }
+        let batch = state.shard.borrow_mut().collect(true);
+        if let Some(batch) = batch {
+            for (peer, messages) in batch.send_now {
+                let _ = state.transport.send(peer, messages);
+            }
+            if let Err(error) = state.storage.write(batch.write).await {
+                // A failed write leaves the log in an unknown state: stop serving rather than
+                // acknowledge anything that may not be durable.
+                eprintln!(
+                    "kahuna: core {}: storage write failed, stopping the node: {error}",
+                    state.core
+                );
+                std::process::exit(70);
+            }
+            let after = state.shard.borrow_mut().persisted(batch.token);
+            for (peer, messages) in after {
+                let _ = state.transport.send(peer, messages);
+            }
+            complete_writes(&state, &batch.applied);
+            for (_group, context) in batch.dropped_reads {
+                if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
+                    let _ = sender.try_send(None);
+                }
+            }
+            for (group, read) in batch.read_states {
+                parked_reads.push((read.context, group, read.index));
+            }
+            continue;
+        }
+        // Release reads whose index is applied (the apply was in a batch now durable).
+        parked_reads.retain(|&(context, group, index)| {
+            let applied = state.shard.borrow().raft(group).map_or(0, |r| r.applied());
+            if applied < index {
+                return true;
+            }
+            if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
+                let _ = sender.try_send(Some(index));
+            }
+            false
+        });
+        let wait = next_tick.saturating_duration_since(Instant::now());
+        let _ = glommio::timer::timeout(wait, async {
+            ring.recv().await;
+            Ok(())
+        })
+        .await;
+    }
+}
+
+fn complete_writes(state: &CoreState, applied: &[(GroupId, Vec<crate::raft::Entry>)]) {
+    let mut shard = state.shard.borrow_mut();
+    let machine = shard.state_machine_mut();
+    // The batch holding these applies is written: the machine may read them back from storage.
+    for (group, entries) in applied {
+        if let Some(last) = entries.last() {
+            machine.persisted(*group, last.index);
+        }
+    }
+    let completions = machine.take_completions();
+    drop(shard);
+    let mut outcome_at: HashMap<(GroupId, Index), Outcome> =
+        HashMap::with_capacity(completions.len());
+    for completion in completions {
+        outcome_at.insert((completion.group, completion.index), completion.outcome);
+    }
+    let mut waiters = state.waiters.borrow_mut();
+    for (group, entries) in applied {
+        for entry in entries {
+            let Some(waiter) = waiters.remove(&(*group, entry.index)) else {
+                continue;
+            };
+            let result = if waiter.term == entry.term {
+                match outcome_at.remove(&(*group, entry.index)) {
+                    Some(outcome) => WriteResult::Applied(outcome),
+                    None => WriteResult::Lost,
+                }
+            } else {
+                WriteResult::Lost
+            };
+            let _ = waiter.reply.try_send(result);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Starts a node: one glommio executor per core, each owning the partitions `core_of` assigns
+//! it, its own storage instance (a subdirectory of the data directory) and its own peer
+//! transport; core 0 also serves the client port.
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use glommio::{LocalExecutorBuilder, Placement};
+
+use super::clients::{serve_clients, ClusterView};
+use super::config::{NodeConfig, Pinning};
+use super::core::{run_loop, CoreState};
+use super::memlock::{explain_executor_failure, raise_memlock_limit};
+use super::placement::{core_of, group_of, replicas};
+use super::storage_writer::StorageWriter;
+use crate::kv::{KvMachine, KvMachineConfig};
+use crate::proto::client::NodeAddress;
+use crate::raft::{ConfState, Config, RestoreState, Snapshot};
+use crate::shard::{Shard, ShardConfig};
+use crate::storage::DataDir;
+use crate::transport::{PeerTransport, TransportConfig, TransportLimits};
+
+/// Election and heartbeat timing in ticks of `--tick-ms` (10 ms by default: a 300 ms election
+/// timeout, heartbeats every 50 ms).
+pub const ELECTION_TICKS: u32 = 30;
+pub const HEARTBEAT_TICKS: u32 = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    Config(#[from] super::config::ConfigError),
+    #[error("storage: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Executor(String),
+    #[error("core {core} failed: {reason}")]
+    Core { core: usize, reason: String },
+}
+
+fn placement_of(config: &NodeConfig, core: usize) -> Placement {
+    match &config.pinning {
+        Pinning::None => Placement::Unbound,
+        Pinning::Cpus(cpus) => Placement::Fixed(cpus[core]),
+        Pinning::Auto => {
+            // Several nodes on one machine (the playground, tests) must not all pin to CPU 0.
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            if config.peers.is_empty() && config.cores <= cpus {
+                Placement::Fixed(core)
+            } else {
+                Placement::Unbound
+            }
+        }
+    }
+}
+
+/// Describes where each core runs, for the startup banner.
+pub fn describe_placement(config: &NodeConfig) -> String {
+    (0..config.cores)
+        .map(|core| match placement_of(config, core) {
+            Placement::Fixed(cpu) => format!("core {core} pinned to cpu {cpu}"),
+            _ => format!("core {core} unpinned"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Runs the node until the process is killed.
+pub fn run(config: NodeConfig) -> Result<(), NodeError> {
+    config.validate()?;
+    let memlock = raise_memlock_limit();
+    let data_dir = DataDir::open(&config.data_dir, config.cores, config.storage)?;
+    let mut handles = Vec::new();
+    for core in 0..config.cores {
+        let backend = data_dir.open_core(core)?;
+        let config = config.clone();
+        let builder = LocalExecutorBuilder::new(placement_of(&config, core))
+            .name(&format!("kahuna-core-{core}"))
+            .spin_before_park(Duration::from_micros(50))
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1));
+        let handle = builder
+            .spawn(move || async move { run_core(config, core, backend).await })
+            .map_err(|error| NodeError::Executor(explain_executor_failure(&error, memlock)))?;
+        handles.push((core, handle));
+    }
+    for (core, handle) in handles {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return Err(NodeError::Core { core, reason }),
+            Err(error) => {
+                return Err(NodeError::Core {
+                    core,
+                    reason: format!("{error:?}"),
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn run_core(
+    config: NodeConfig,
+    core: usize,
+    backend: Box<dyn crate::storage::Backend>,
+) -> Result<(), String> {
+    let storage = StorageWriter::new(backend);
+    let nodes = config.node_ids();
+    let raft = Config {
+        election_ticks: ELECTION_TICKS,
+        heartbeat_ticks: HEARTBEAT_TICKS,
+        seed: config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ core as u64,
+        ..Config::default()
+    };
+    let peers: Vec<_> = nodes.iter().copied().filter(|&n| n != config.id).collect();
+    let machine = KvMachine::new(KvMachineConfig::default(), Box::new(storage.clone()));
+    let mut shard = Shard::new(ShardConfig::new(config.id, peers.clone(), raft), machine);
+    let mut preferred = Vec::new();
+    for partition in (0..config.partitions).filter(|&p| core_of(p, config.cores) == core) {
+        let members = replicas(partition, &nodes);
+        if !members.contains(&config.id) {
+            continue;
+        }
+        let group = group_of(partition);
+        let state = storage
+            .load_group_blocking(group)
+            .map_err(|e| format!("loading group {group}: {e}"))?;
+        if let Some((first, last)) = state.torn_tail {
+            eprintln!(
+                "kahuna: group {group}: removed a torn, never-committed log tail {first}..={last}"
+            );
+        }
+        let fresh = state.hard_state.term == 0 && state.entries.is_empty();
+        let snapshot = (state.snapshot.index > 0).then(|| Snapshot {
+            meta: state.snapshot.clone(),
+            data: Default::default(),
+        });
+        let restore = RestoreState {
+            hard_state: state.hard_state,
+            snapshot,
+            entries: state.entries,
+            applied: state.applied_index,
+            initial_conf: ConfState::new(members.clone(), vec![]),
+        };
+        shard
+            .add_group(group, restore)
+            .map_err(|e| format!("starting group {group}: {e}"))?;
+        if fresh && members[0] == config.id {
+            preferred.push(group);
+        }
+    }
+    let resolve = |addr: String| -> Result<std::net::SocketAddr, String> {
+        std::net::ToSocketAddrs::to_socket_addrs(&addr)
+            .map_err(|e| format!("cannot resolve {addr}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("{addr} resolves to nothing"))
+    };
+    let mut peer_addrs = std::collections::BTreeMap::new();
+    for &peer in &peers {
+        peer_addrs.insert(
+            peer,
+            resolve(config.peer_addr_of(peer, core).map_err(|e| e.to_string())?)?,
+        );
+    }
+    let listen_addr = resolve(
+        config
+            .peer_addr_of(config.id, core)
+            .map_err(|e| e.to_string())?,
+    )?;
+    let transport_config = TransportConfig {
+        local_node: config.id,
+        cluster_id: config.cluster_id,
+        listen_addr,
+        peers: peer_addrs,
+        limits: TransportLimits::default(),
+    };
+    let (transport, inbound) =
+        PeerTransport::start(transport_config).map_err(|e| format!("peer transport: {e}"))?;
+    let (state, ring) = CoreState::new(core, config.id, shard, storage, transport);
+    // Inbound peer frames feed the shard.
+    {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            while let Some(batch) = inbound.recv().await {
+                let _rejected = state
+                    .shard
+                    .borrow_mut()
+                    .receive(batch.from_node, batch.messages);
+                state.ring();
+            }
+        })
+        .detach();
+    }
+    // A fresh cluster elects the preferred replica of each partition first, so leadership is
+    // spread from the start instead of going to whichever timer fires first.
+    {
+        let state = state.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            for group in preferred {
+                let _ = state
+                    .shard
+                    .borrow_mut()
+                    .with_group(group, |raft| raft.campaign());
+            }
+            state.ring();
+        })
+        .detach();
+    }
+    if core == 0 {
+        let listener = glommio::net::TcpListener::bind(&config.client_addr)
+            .map_err(|e| format!("cannot listen for clients on {}: {e}", config.client_addr))?;
+        let mut client_addrs: Vec<NodeAddress> = config
+            .client_addrs
+            .iter()
+            .map(|(&node_id, addr)| NodeAddress {
+                node_id,
+                client_address: addr.clone(),
+            })
+            .collect();
+        if !config.client_addrs.contains_key(&config.id) {
+            client_addrs.push(NodeAddress {
+                node_id: config.id,
+                client_address: config.client_addr.clone(),
+            });
+        }
+        let view = Rc::new(ClusterView {
+            cluster_id: config.cluster_id,
+            partitions: config.partitions,
+            cores: config.cores,
+            client_addrs,
+        });
+        glommio::spawn_local(serve_clients(listener, state.clone(), view)).detach();
+    }
+    run_loop(state, ring, Duration::from_millis(config.tick_ms)).await;
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Runs a core's blocking storage calls off the reactor. One backend per core, used by one
+//! call at a time (batches are written in order), on glommio's blocking thread pool: the
+//! reactor keeps serving and collecting the next batch while RocksDB or SQLite syncs.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+use crate::raft::GroupId;
+use crate::storage::{Backend, RecoveryState, Result, StorageError, WriteBatch};
+
+#[derive(Clone)]
+pub struct StorageWriter {
+    /// Only ever locked by one blocking call at a time: the mutex is what makes the backend
+    /// movable into the blocking pool, not a point of contention.
+    backend: Arc<Mutex<Box<dyn Backend>>>,
+}
+
+fn poisoned() -> StorageError {
+    StorageError::Io {
+        context: "locking the core's storage backend".into(),
+        kind: std::io::ErrorKind::Other,
+        message: "poisoned by an earlier panic".into(),
+    }
+}
+
+impl StorageWriter {
+    pub fn new(backend: Box<dyn Backend>) -> StorageWriter {
+        StorageWriter {
+            backend: Arc::new(Mutex::new(backend)),
+        }
+    }
+
+    /// Writes (and, if the batch asks, syncs) one batch without blocking the reactor.
+    pub async fn write(&self, batch: WriteBatch) -> Result<()> {
+        let backend = self.backend.clone();
+        glommio::executor()
+            .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.write(&batch))
+            .await
+    }
+
+    pub async fn get(&self, group: GroupId, key: Bytes) -> Result<Option<Bytes>> {
+        let backend = self.backend.clone();
+        glommio::executor()
+            .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.kv_get(group, &key))
+            .await
+    }
+
+    /// Blocking: only for startup, before the core serves anything.
+    pub fn load_group_blocking(&self, group: GroupId) -> Result<RecoveryState> {
+        self.backend
+            .lock()
+            .map_err(|_| poisoned())?
+            .load_group(group)
+    }
+
+    /// Blocking read for the state machine's read-through on a cache miss (see kv).
+    pub fn get_blocking(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>> {
+        self.backend
+            .lock()
+            .map_err(|_| poisoned())?
+            .kv_get(group, key)
+    }
+}
+
+/// The state machine's read-through on a cache miss. This is a blocking point read on the
+/// reactor thread (the backend is shared with the writer pool behind the mutex): rare, since the
+/// machine caches every key it wrote, but a known deviation from "never block the reactor" until
+/// apply moves onto the writer thread.
+impl crate::kv::KvReader for StorageWriter {
+    fn get(
+        &self,
+        group: GroupId,
+        key: &[u8],
+    ) -> std::result::Result<Option<Bytes>, crate::kv::ReadError> {
+        self.get_blocking(group, key)
+            .map_err(|source| crate::kv::ReadError::Storage { group, source })
+    }
+
+    fn scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> std::result::Result<Vec<(Bytes, Bytes)>, crate::kv::ReadError> {
+        let backend = self
+            .backend
+            .lock()
+            .map_err(|_| crate::kv::ReadError::Storage {
+                group,
+                source: poisoned(),
+            })?;
+        backend
+            .kv_scan(group, start, end, limit)
+            .map_err(|source| crate::kv::ReadError::Storage { group, source })
+    }
+}

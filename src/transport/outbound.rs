@@ -1,0 +1,197 @@
+//! The outbound side: one writer task per peer keeps one connection to that peer's matching
+//! core, and writes everything queued for the peer as few frames as the frame limit allows.
+//!
+//! Connection lifecycle: connect, send our handshake, wait for the peer's answer (a refusal is
+//! a closed socket), then stream frames; on any error drop the connection and reconnect after an
+//! exponential backoff. Messages taken from the queue but not written when a connection breaks
+//! are lost and counted: Raft retransmits what matters.
+
+use std::rc::Rc;
+
+use futures_lite::AsyncWrite;
+use glommio::net::TcpStream;
+
+use super::backoff::Backoff;
+use super::error::ConnectionError;
+use super::handle::{PeerLink, Shared};
+use super::log::transport_log;
+use super::queue::Drained;
+use super::stats::add;
+use super::wire::{read_handshake, wait_for_close, write_frame};
+use crate::proto::peer::{Handshake, PeerEncoder};
+use crate::raft::Message;
+
+/// Runs until the transport is dropped (which cancels this task).
+pub(crate) async fn run_writer(link: Rc<PeerLink>, shared: Rc<Shared>) {
+    let limits = shared.limits;
+    let local = shared.local_node;
+    let (peer, addr) = (link.node, link.addr);
+    let mut backoff = Backoff::new(limits.reconnect_backoff_min, limits.reconnect_backoff_max);
+    // One encoder for the life of the writer: it reuses its buffer from frame to frame.
+    let mut encoder = PeerEncoder::new().with_frame_bytes_max(limits.frame_bytes_max);
+    // Log the first failure of a streak only: a peer that is down for an hour must not fill
+    // the log with one line per attempt (the counter still counts every attempt).
+    let mut failing = false;
+    loop {
+        match connect(&link, &shared, &mut encoder).await {
+            Ok(stream) => {
+                backoff.reset();
+                failing = false;
+                add(&shared.counters.connections_established, 1);
+                link.connected.set(true);
+                transport_log!(local, "connected to node {peer} at {addr}");
+                let error = stream_batches(stream, &link, &shared, &mut encoder).await;
+                link.connected.set(false);
+                add(&shared.counters.connections_lost, 1);
+                transport_log!(
+                    local,
+                    "lost the connection to node {peer} at {addr}: {error}"
+                );
+            }
+            Err(error) => {
+                add(&shared.counters.connect_failures, 1);
+                if !failing {
+                    failing = true;
+                    transport_log!(
+                        local,
+                        "cannot connect to node {peer} at {addr}: {error}; retrying with backoff up to {:?}",
+                        limits.reconnect_backoff_max
+                    );
+                }
+            }
+        }
+        // Also after a lost connection: a peer that accepts and at once drops us must not make
+        // this task spin.
+        glommio::timer::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// A connection whose handshake the peer answered and we checked.
+async fn connect(
+    link: &PeerLink,
+    shared: &Shared,
+    encoder: &mut PeerEncoder,
+) -> Result<TcpStream, ConnectionError> {
+    let timeout = shared.limits.handshake_timeout;
+    let mut stream = TcpStream::connect_timeout(link.addr, timeout).await?;
+    stream.set_nodelay(true)?;
+    let hello = Handshake::new(shared.cluster_id, shared.local_node, link.node);
+    write_frame(&mut stream, encoder.encode_handshake(&hello)).await?;
+    let answer = read_handshake(&mut stream, timeout)
+        .await
+        .map_err(|error| match error {
+            ConnectionError::HandshakeClosed => ConnectionError::Refused,
+            error => error,
+        })?;
+    answer.check(shared.cluster_id, shared.local_node)?;
+    if answer.node_id != link.node {
+        return Err(ConnectionError::WrongPeer {
+            expected: link.node,
+            answered: answer.node_id,
+        });
+    }
+    Ok(stream)
+}
+
+/// Writes whatever the queue holds, as it arrives, until the connection fails. Returns why.
+async fn stream_batches(
+    stream: TcpStream,
+    link: &PeerLink,
+    shared: &Shared,
+    encoder: &mut PeerEncoder,
+) -> ConnectionError {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    loop {
+        // Wait for work, or for the peer to close the idle connection: then the next batch goes
+        // to a fresh connection instead of into a dead socket.
+        let work = async {
+            std::future::poll_fn(|context| link.queue.borrow_mut().poll_work(context)).await;
+            None
+        };
+        let closed = async { Some(wait_for_close(&mut reader).await) };
+        if let Some(error) = futures_lite::future::or(work, closed).await {
+            return error;
+        }
+        let drained = link.queue.borrow_mut().drain();
+        if let Err(error) = write_drained(&mut writer, drained, link, shared, encoder).await {
+            return error;
+        }
+    }
+}
+
+/// Encodes and writes one drained queue: a heartbeat frame, or the messages in as few frames
+/// as fit. A message the encoder refuses (a caller bug, such as an append larger than a frame)
+/// is logged and dropped; the rest still go out.
+async fn write_drained<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    drained: Drained,
+    link: &PeerLink,
+    shared: &Shared,
+    encoder: &mut PeerEncoder,
+) -> Result<(), ConnectionError> {
+    let (local, peer) = (shared.local_node, link.node);
+    let counters = &shared.counters;
+    if drained.heartbeat {
+        let encoded = encoder
+            .encode_batch(local, peer, &[])
+            .expect("an empty batch between validated node ids always encodes");
+        write_frame(writer, encoded.frame).await?;
+        add(&counters.frames_sent, 1);
+        add(&counters.heartbeats_sent, 1);
+        add(&counters.bytes_sent, encoded.frame.len());
+    }
+    let messages = &drained.messages[..];
+    let mut start = 0;
+    // Messages from `start` up to `limit` are believed encodable; `messages[limit]` (when
+    // `limit` < len) was found not to be, and is dropped once everything before it is out.
+    let mut limit = messages.len();
+    while start < messages.len() {
+        if start == limit {
+            add(&counters.messages_dropped_unsent, 1);
+            start += 1;
+            limit = messages.len();
+            continue;
+        }
+        match encoder.encode_batch(local, peer, &messages[start..limit]) {
+            Ok(encoded) => {
+                let (count, bytes) = (encoded.messages_encoded, encoded.frame.len());
+                if let Err(error) = write_frame(writer, encoded.frame).await {
+                    add(&counters.messages_dropped_unsent, messages.len() - start);
+                    return Err(error);
+                }
+                start += count;
+                add(&counters.frames_sent, 1);
+                add(&counters.messages_sent, count);
+                add(&counters.bytes_sent, bytes);
+            }
+            Err(error) => {
+                let bad = start + first_unencodable(encoder, link, shared, &messages[start..limit]);
+                let group = messages[bad].group;
+                transport_log!(
+                    local,
+                    "dropped a message of group {group} for node {peer}: {error}"
+                );
+                limit = bad;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The position of the first message the encoder refuses on its own (0 if, against
+/// expectation, every one encodes alone: dropping one message still guarantees progress).
+fn first_unencodable(
+    encoder: &mut PeerEncoder,
+    link: &PeerLink,
+    shared: &Shared,
+    messages: &[Message],
+) -> usize {
+    (0..messages.len())
+        .find(|&position| {
+            let one = &messages[position..=position];
+            encoder
+                .encode_batch(shared.local_node, link.node, one)
+                .is_err()
+        })
+        .unwrap_or(0)
+}
