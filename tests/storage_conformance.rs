@@ -618,6 +618,35 @@ fn destroys_groups(kind: Kind) {
     h.write(vec![append(1, entries(1..=1, 5))]).unwrap();
 }
 
+/// The reader is owned and `Send`: it streams on another thread while the owner keeps writing,
+/// and sees only the data as of its creation.
+fn snapshot_reader_moves_to_another_thread(kind: Kind) {
+    let mut h = Harness::new(kind);
+    let ops: Vec<KvOp> = (0..2000)
+        .map(|i| put(&format!("key{i:05}"), "before"))
+        .collect();
+    h.write(vec![apply(1, 1, ops)]).unwrap();
+    let reader = h.backend().kv_snapshot(1, 8192).unwrap();
+    let streaming = std::thread::spawn(move || reader.read_all().unwrap());
+    for index in 2..40 {
+        let ops = (0..50)
+            .map(|i| put(&format!("key{:05}", i * 40 + index), "after"))
+            .collect();
+        h.write(vec![apply(1, index, ops)]).unwrap();
+    }
+    let (meta, chunks) = streaming.join().unwrap();
+    assert_eq!(meta.index, 1);
+    let mut pairs = 0;
+    for chunk in &chunks {
+        kahuna::storage::decode_snapshot_data(chunk, &mut |_, value| {
+            assert_eq!(value, b"before");
+            pairs += 1;
+        })
+        .unwrap();
+    }
+    assert_eq!(pairs, 2000);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -641,6 +670,7 @@ conformance!(
     compacts,
     detects_damage,
     destroys_groups,
+    snapshot_reader_moves_to_another_thread,
 );
 
 #[test]

@@ -188,6 +188,10 @@ impl KvMachine {
 }
 
 impl StateMachine for KvMachine {
+    fn restored(&mut self, group: GroupId, index: Index) {
+        self.reset_group(group, index);
+    }
+
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>) {
         assert!(entry.index >= 1, "group {group}: entry index 0");
         let state = self

@@ -122,10 +122,6 @@ impl RaftLog {
         self.snapshot_index
     }
 
-    pub fn snapshot_term(&self) -> Term {
-        self.snapshot_term
-    }
-
     pub fn committed(&self) -> Index {
         self.committed
     }
@@ -358,10 +354,6 @@ impl RaftLog {
     /// Number of entries held in memory.
     pub fn len(&self) -> usize {
         self.entries.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
     }
 
     /// Index of the last configuration entry in the log, if any, scanning backwards.

@@ -42,6 +42,8 @@ pub struct NodeConfig {
     pub pinning: Pinning,
     pub tick_ms: u64,
     pub metrics_addr: Option<String>,
+    /// Compact a group's log once it holds this many entries (bounds memory per group).
+    pub compact_after: usize,
 }
 
 impl Default for NodeConfig {
@@ -60,6 +62,7 @@ impl Default for NodeConfig {
             pinning: Pinning::Auto,
             tick_ms: 10,
             metrics_addr: None,
+            compact_after: 10_000,
         }
     }
 }
@@ -150,6 +153,7 @@ impl NodeConfig {
                 }
                 "--tick-ms" => config.tick_ms = parse_number(flag, &value()?)?,
                 "--metrics-addr" => config.metrics_addr = Some(value()?),
+                "--compact-after" => config.compact_after = parse_number(flag, &value()?)?,
                 other => return Err(ConfigError(format!("unknown flag '{other}'"))),
             }
         }
@@ -173,6 +177,9 @@ impl NodeConfig {
         }
         if self.cores == 0 || self.cores > CORES_MAX {
             return fail(format!("--cores must be in 1..={CORES_MAX}"));
+        }
+        if self.compact_after < 2 {
+            return fail("--compact-after must be at least 2".into());
         }
         if self.tick_ms == 0 || self.tick_ms > 10_000 {
             return fail("--tick-ms must be in 1..=10000".into());

@@ -155,8 +155,14 @@ pub enum ProposeFailure {
 }
 
 /// The core's main loop. Never returns while the node runs.
-pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, tick: Duration) {
+pub async fn run_loop(
+    state: Rc<CoreState>,
+    ring: LocalReceiver<()>,
+    tick: Duration,
+    compact_after: usize,
+) {
     let mut next_tick = Instant::now() + tick;
+    let mut next_compaction = Instant::now() + COMPACTION_INTERVAL;
     // Reads confirmed by a quorum but not yet applied locally: (context, group, index).
     let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
     loop {
@@ -186,7 +192,7 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, tick: Durat
             for (peer, messages) in after {
                 let _ = state.transport.send(peer, messages);
             }
-            complete_writes(&state, &batch.applied);
+            complete_writes(&state, &batch.restored, &batch.applied);
             for (_group, context) in batch.dropped_reads {
                 if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
                     let _ = sender.try_send(None);
@@ -196,6 +202,10 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, tick: Durat
                 parked_reads.push((read.context, group, read.index));
             }
             continue;
+        }
+        if Instant::now() >= next_compaction {
+            next_compaction = Instant::now() + COMPACTION_INTERVAL;
+            compact_long_logs(&state, compact_after).await;
         }
         // Release reads whose index is applied (the apply was in a batch now durable).
         parked_reads.retain(|&(context, group, index)| {
@@ -217,9 +227,62 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, tick: Durat
     }
 }
 
-fn complete_writes(state: &CoreState, applied: &[(GroupId, Vec<crate::raft::Entry>)]) {
+/// How often a core looks for logs to compact.
+const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
+/// Groups compacted per pass (each reads the group's data off the reactor).
+const COMPACTIONS_PER_PASS_MAX: usize = 16;
+
+/// Compacts the logs that grew beyond `compact_after` entries: reads each group's data image
+/// (as of the last written batch, which covers everything applied) and drops the log up to it.
+async fn compact_long_logs(state: &CoreState, compact_after: usize) {
+    let candidates: Vec<GroupId> = {
+        let shard = state.shard.borrow();
+        shard
+            .group_ids()
+            .into_iter()
+            .filter(|&g| shard.raft(g).is_some_and(|r| r.log_len() > compact_after))
+            .take(COMPACTIONS_PER_PASS_MAX)
+            .collect()
+    };
+    for group in candidates {
+        let image = state.storage.snapshot(group).await;
+        let (meta, data) = match image {
+            Ok(image) => image,
+            Err(error) => {
+                eprintln!(
+                    "kahuna: core {}: cannot read group {group} for compaction: {error}",
+                    state.core
+                );
+                continue;
+            }
+        };
+        let mut shard = state.shard.borrow_mut();
+        let Some(raft) = shard.raft(group) else {
+            continue;
+        };
+        // Only an image at an applied index still in the log can replace that prefix.
+        if meta.index < raft.first_index() || meta.index > raft.applied() {
+            continue;
+        }
+        if let Err(error) = shard.compact(group, meta.index, data) {
+            eprintln!(
+                "kahuna: core {}: compaction of group {group} refused: {error}",
+                state.core
+            );
+        }
+    }
+}
+
+fn complete_writes(
+    state: &CoreState,
+    restored: &[(GroupId, Index)],
+    applied: &[(GroupId, Vec<crate::raft::Entry>)],
+) {
     let mut shard = state.shard.borrow_mut();
     let machine = shard.state_machine_mut();
+    for &(group, index) in restored {
+        machine.persisted(group, index);
+    }
     // The batch holding these applies is written: the machine may read them back from storage.
     for (group, entries) in applied {
         if let Some(last) = entries.last() {

@@ -129,14 +129,26 @@ async fn run_core(
             );
         }
         let fresh = state.hard_state.term == 0 && state.entries.is_empty();
-        let snapshot = (state.snapshot.index > 0).then(|| Snapshot {
-            meta: state.snapshot.clone(),
-            data: Default::default(),
-        });
+        let (snapshot, entries) = if state.snapshot.index > 0 {
+            // A compacted group restarts from an image of its data as it stands (at the
+            // applied index, at or after the compaction point): the image the leader streams
+            // to followers that fall behind the log's start.
+            let (meta, data) = storage
+                .snapshot_blocking(group)
+                .map_err(|e| format!("snapshot of group {group}: {e}"))?;
+            let entries = state
+                .entries
+                .into_iter()
+                .filter(|e| e.index > meta.index)
+                .collect();
+            (Some(Snapshot { meta, data }), entries)
+        } else {
+            (None, state.entries)
+        };
         let restore = RestoreState {
             hard_state: state.hard_state,
             snapshot,
-            entries: state.entries,
+            entries,
             applied: state.applied_index,
             initial_conf: ConfState::new(members.clone(), vec![]),
         };
@@ -230,6 +242,12 @@ async fn run_core(
         });
         glommio::spawn_local(serve_clients(listener, state.clone(), view)).detach();
     }
-    run_loop(state, ring, Duration::from_millis(config.tick_ms)).await;
+    run_loop(
+        state,
+        ring,
+        Duration::from_millis(config.tick_ms),
+        config.compact_after,
+    )
+    .await;
     Ok(())
 }

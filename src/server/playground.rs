@@ -18,6 +18,8 @@ pub struct PlaygroundConfig {
     pub cores: usize,
     pub partitions: u64,
     pub storage: String,
+    /// Extra `kahuna serve` flags for every node (tests use `--compact-after`).
+    pub extra_serve_args: Vec<String>,
 }
 
 impl PlaygroundConfig {
@@ -29,6 +31,7 @@ impl PlaygroundConfig {
             cores: 1,
             partitions: DEFAULT_PARTITIONS,
             storage: "rocksdb".into(),
+            extra_serve_args: Vec::new(),
         };
         let mut iter = args.iter();
         while let Some(flag) = iter.next() {
@@ -103,6 +106,9 @@ impl PlaygroundConfig {
             "--pin".into(),
             "none".into(),
         ]
+        .into_iter()
+        .chain(self.extra_serve_args.iter().cloned())
+        .collect()
     }
 }
 

@@ -9,6 +9,22 @@ use bytes::Bytes;
 use crate::raft::GroupId;
 use crate::storage::{Backend, RecoveryState, Result, StorageError, WriteBatch};
 
+/// Bytes per frame of a snapshot image (the Raft core re-chunks the image for the wire).
+const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
+
+fn concat(
+    (meta, chunks): (crate::raft::SnapshotMeta, Vec<Bytes>),
+) -> Result<(crate::raft::SnapshotMeta, Bytes)> {
+    if chunks.len() == 1 {
+        return Ok((meta, chunks.into_iter().next().expect("one chunk")));
+    }
+    let mut data = Vec::with_capacity(chunks.iter().map(Bytes::len).sum());
+    for chunk in chunks {
+        data.extend_from_slice(&chunk);
+    }
+    Ok((meta, Bytes::from(data)))
+}
+
 #[derive(Clone)]
 pub struct StorageWriter {
     /// Only ever locked by one blocking call at a time: the mutex is what makes the backend
@@ -44,6 +60,31 @@ impl StorageWriter {
         glommio::executor()
             .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.kv_get(group, &key))
             .await
+    }
+
+    /// A consistent image of `group`'s kv data as of the last written batch, with the applied
+    /// position it covers, read on the blocking pool.
+    pub async fn snapshot(&self, group: GroupId) -> Result<(crate::raft::SnapshotMeta, Bytes)> {
+        let backend = self.backend.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let reader = backend
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .kv_snapshot(group, SNAPSHOT_CHUNK_BYTES)?;
+                concat(reader.read_all()?)
+            })
+            .await
+    }
+
+    /// Blocking: only for startup, before the core serves anything.
+    pub fn snapshot_blocking(&self, group: GroupId) -> Result<(crate::raft::SnapshotMeta, Bytes)> {
+        let reader = self
+            .backend
+            .lock()
+            .map_err(|_| poisoned())?
+            .kv_snapshot(group, SNAPSHOT_CHUNK_BYTES)?;
+        concat(reader.read_all()?)
     }
 
     /// Blocking: only for startup, before the core serves anything.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use super::liveness::NodeLiveness;
 use crate::raft::{
     Config, Entry, GroupId, Index, Message, MessageBody, NodeId, Raft, RaftError, ReadState,
-    RestoreState, Role, SoftState, Term,
+    RestoreState, Role, SnapshotMeta, SoftState, Term,
 };
 use crate::storage::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 
@@ -29,6 +29,10 @@ use crate::storage::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 /// same entries to the same effect.
 pub trait StateMachine {
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>);
+
+    /// The group's data was replaced by a snapshot at `index` (written in the same batch):
+    /// forget anything cached about it.
+    fn restored(&mut self, _group: GroupId, _index: Index) {}
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +98,8 @@ pub struct ShardBatch {
     pub send_now: BTreeMap<NodeId, Vec<Message>>,
     /// Committed entries applied in this batch (for answering clients), per group, in order.
     pub applied: Vec<(GroupId, Vec<Entry>)>,
+    /// Groups whose data this batch replaces with a snapshot, and the snapshot index.
+    pub restored: Vec<(GroupId, Index)>,
     pub read_states: Vec<(GroupId, ReadState)>,
     pub dropped_reads: Vec<(GroupId, u64)>,
     pub leader_changes: Vec<(GroupId, SoftState)>,
@@ -119,6 +125,8 @@ pub struct Shard<S: StateMachine> {
     groups: AHashMap<GroupId, Slot>,
     /// Groups that may have a Ready (deduplicated by `BTreeSet` for a stable order).
     dirty: BTreeSet<GroupId>,
+    /// Compactions decided since the last collect, written with the next batch.
+    compactions: Vec<(GroupId, SnapshotMeta)>,
     liveness: NodeLiveness,
     ticks: u64,
     state_machine: S,
@@ -131,6 +139,7 @@ impl<S: StateMachine> Shard<S> {
             config,
             groups: AHashMap::new(),
             dirty: BTreeSet::new(),
+            compactions: Vec::new(),
             liveness,
             ticks: 0,
             state_machine,
@@ -332,6 +341,21 @@ impl<S: StateMachine> Shard<S> {
         Ok(action(&mut slot.raft))
     }
 
+    /// Compacts `group`'s log up to `index`, where `data` is the group's state machine image
+    /// exactly at `index` (applied and written). The log entries are deleted from storage with
+    /// the next batch.
+    pub fn compact(&mut self, group: GroupId, index: Index, data: Bytes) -> Result<(), ShardError> {
+        let slot = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ShardError::UnknownGroup(group))?;
+        slot.raft.compact(index, data)?;
+        let meta = slot.raft.snapshot().expect("just compacted").meta.clone();
+        self.compactions.push((group, meta));
+        self.dirty.insert(group);
+        Ok(())
+    }
+
     /// Gathers the Readies of every group with work into one batch. `None` when idle.
     pub fn collect(&mut self, sync: bool) -> Option<ShardBatch> {
         if self.dirty.is_empty() {
@@ -341,6 +365,11 @@ impl<S: StateMachine> Shard<S> {
             write: WriteBatch::new(sync),
             ..ShardBatch::default()
         };
+        for (group, meta) in self.compactions.drain(..) {
+            let mut write = GroupWrite::new(group);
+            write.compact = Some(meta);
+            batch.write.push(write);
+        }
         let dirty = std::mem::take(&mut self.dirty);
         for group in dirty {
             let Some(slot) = self.groups.get_mut(&group) else {
@@ -353,6 +382,10 @@ impl<S: StateMachine> Shard<S> {
                     batch.leader_changes.push((group, soft));
                 }
                 write.hard_state = ready.hard_state;
+                if let Some(snapshot) = &ready.snapshot {
+                    self.state_machine.restored(group, snapshot.meta.index);
+                    batch.restored.push((group, snapshot.meta.index));
+                }
                 write.snapshot = ready.snapshot.map(SnapshotInstall::from);
                 write.entries = ready.entries;
                 if let Some(last) = ready.committed_entries.last() {

@@ -18,6 +18,7 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// An empty batch.
     pub fn new(sync: bool) -> WriteBatch {
         WriteBatch {
             groups: Vec::new(),
@@ -25,10 +26,12 @@ impl WriteBatch {
         }
     }
 
+    /// Adds one group's part.
     pub fn push(&mut self, write: GroupWrite) {
         self.groups.push(write);
     }
 
+    /// True when no group writes anything.
     pub fn is_empty(&self) -> bool {
         self.groups.iter().all(GroupWrite::is_empty)
     }
@@ -63,6 +66,7 @@ pub struct GroupWrite {
 }
 
 impl GroupWrite {
+    /// An empty part for `group`.
     pub fn new(group: GroupId) -> GroupWrite {
         GroupWrite {
             group,
@@ -70,6 +74,7 @@ impl GroupWrite {
         }
     }
 
+    /// True when this part writes nothing.
     pub fn is_empty(&self) -> bool {
         !self.destroy
             && self.snapshot.is_none()

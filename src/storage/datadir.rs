@@ -32,6 +32,7 @@ pub enum Engine {
 }
 
 impl Engine {
+    /// The name recorded in the metadata file and used in configuration.
     pub fn name(self) -> &'static str {
         match self {
             Engine::RocksDb => "rocksdb",
@@ -39,6 +40,7 @@ impl Engine {
         }
     }
 
+    /// The engine with that name, `None` for an unknown one.
     pub fn parse(name: &str) -> Option<Engine> {
         match name {
             "rocksdb" => Some(Engine::RocksDb),
@@ -242,14 +244,17 @@ impl DataDir {
         sync_directory(&self.path)
     }
 
+    /// The directory itself.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The number of cores (and per-core backends) it was opened for.
     pub fn cores(&self) -> usize {
         self.cores
     }
 
+    /// The engine every core uses.
     pub fn engine(&self) -> Engine {
         self.engine
     }

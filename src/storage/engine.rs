@@ -32,6 +32,7 @@ pub struct RawBatch {
 }
 
 impl RawBatch {
+    /// Adds a put.
     pub fn put(&mut self, space: Space, key: impl Into<Vec<u8>>, value: Vec<u8>) {
         self.ops.push(RawOp::Put {
             space,
@@ -40,6 +41,7 @@ impl RawBatch {
         });
     }
 
+    /// Adds a point delete.
     pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
         self.ops.push(RawOp::Delete {
             space,
@@ -47,6 +49,7 @@ impl RawBatch {
         });
     }
 
+    /// Adds a delete of every key in `[start, end)`.
     pub fn delete_range(
         &mut self,
         space: Space,

@@ -57,6 +57,7 @@ pub enum StateTag {
     SnapshotMeta = 4,
 }
 
+/// The first key of every group range: the big-endian group id.
 pub fn group_prefix(group: GroupId) -> [u8; 8] {
     group.to_be_bytes()
 }
@@ -73,6 +74,7 @@ pub fn space_end() -> [u8; 8] {
     GROUP_RESERVED.to_be_bytes()
 }
 
+/// The log key of one entry: group (8 B BE) + index (8 B BE).
 pub fn log_key(group: GroupId, index: Index) -> [u8; 16] {
     let mut key = [0u8; 16];
     key[..8].copy_from_slice(&group.to_be_bytes());
@@ -80,6 +82,7 @@ pub fn log_key(group: GroupId, index: Index) -> [u8; 16] {
     key
 }
 
+/// The key of one of a group's state records.
 pub fn state_key(group: GroupId, tag: StateTag) -> [u8; 9] {
     let mut key = [0u8; 9];
     key[..8].copy_from_slice(&group.to_be_bytes());
@@ -87,6 +90,7 @@ pub fn state_key(group: GroupId, tag: StateTag) -> [u8; 9] {
     key
 }
 
+/// The engine key of a user key of the group's kv data.
 pub fn kv_key(group: GroupId, user_key: &[u8]) -> Vec<u8> {
     let mut key = Vec::with_capacity(8 + user_key.len());
     key.extend_from_slice(&group.to_be_bytes());

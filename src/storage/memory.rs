@@ -26,6 +26,7 @@ pub struct MemoryEngine {
 }
 
 impl MemoryEngine {
+    /// An empty engine.
     pub fn new() -> MemoryEngine {
         MemoryEngine::default()
     }

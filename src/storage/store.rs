@@ -38,6 +38,7 @@ pub struct Store<E: RawEngine> {
 }
 
 impl<E: RawEngine> Store<E> {
+    /// A store over `engine` with an empty cache.
     pub fn new(engine: E) -> Store<E> {
         Store {
             engine,
@@ -45,6 +46,7 @@ impl<E: RawEngine> Store<E> {
         }
     }
 
+    /// The engine, for engine-specific inspection.
     pub fn engine(&self) -> &E {
         &self.engine
     }
