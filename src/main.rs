@@ -23,6 +23,7 @@ commands:
   get KEY     print the value (exit 1 when absent)
   del KEY
   status      the answering node's partitions, roles and indexes
+  partition-of KEY PARTITIONS   the partition a key belongs to (stable hash)
   version
 client commands take --endpoints HOST:PORT,... (default: the playground's 127.0.0.1:7400-7402)";
 
@@ -48,6 +49,19 @@ fn main() -> ExitCode {
             }
         },
         "put" | "get" | "del" | "status" => client_command(command, rest),
+        "partition-of" => match rest {
+            [key, partitions] => match partitions.parse::<u64>() {
+                Ok(partitions) if partitions > 0 => {
+                    println!(
+                        "{}",
+                        kahuna::server::placement::partition_of(key.as_bytes(), partitions)
+                    );
+                    ExitCode::SUCCESS
+                }
+                _ => fail("partition-of KEY PARTITIONS: PARTITIONS must be a positive number"),
+            },
+            _ => fail("usage: kahuna partition-of KEY PARTITIONS"),
+        },
         "version" | "--version" | "-V" => {
             println!("kahuna {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS

@@ -432,6 +432,18 @@ impl Raft {
         self.commit_broadcast = self.log.committed();
     }
 
+    /// The caller learned that the leader is gone (its node went silent for an election
+    /// timeout: a multi-group scheduler watches node liveness). A follower forgets it, so it no
+    /// longer ignores other candidates, and its election timer becomes due within a random part
+    /// of one timeout instead of a whole one: the silence was already waited out once.
+    pub fn leader_unreachable(&mut self) {
+        if self.role != Role::Follower || self.leader == NO_NODE {
+            return;
+        }
+        self.leader = NO_NODE;
+        self.election_elapsed = self.election_elapsed.max(self.config.election_ticks);
+    }
+
     /// Starts an election now (pre-vote first when enabled). Used at bootstrap and by tests.
     pub fn campaign(&mut self) {
         if self.role == Role::Leader {

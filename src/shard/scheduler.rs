@@ -225,12 +225,15 @@ impl<S: StateMachine> Shard<S> {
         let hibernation = self.config.hibernation;
         let hibernate_after = self.config.hibernate_after_ticks;
         for (&group, slot) in self.groups.iter_mut() {
+            let leader = slot.raft.leader();
+            if slot.raft.role() == Role::Follower && newly_down.contains(&leader) {
+                // The leader's node went silent: campaign soon, asleep or not.
+                slot.raft.leader_unreachable();
+                Self::wake(slot);
+            }
             if !slot.awake {
-                // A sleeping follower whose leader's node went silent must campaign.
-                let leader = slot.raft.leader();
-                if newly_down.contains(&leader)
-                    || (slot.raft.role() != Role::Leader && !self.liveness.is_live(leader))
-                {
+                // A sleeping follower whose leader is unknown or on a silent node must campaign.
+                if slot.raft.role() != Role::Leader && !self.liveness.is_live(leader) {
                     Self::wake(slot);
                 } else {
                     continue;
