@@ -1,6 +1,10 @@
 //! The client port: length-prefixed flatbuffers requests, many in flight per connection
 //! (answers may come back in any order), bounded by `REQUESTS_IN_FLIGHT_MAX`. A malformed frame
 //! closes only its connection; every refused request gets a precise error code.
+//!
+//! Every core serves the client port (the listeners share it through SO_REUSEPORT). A request
+//! for a partition another core owns is handed to that core through the mesh (`mesh.rs`) and
+//! answered by the same code that serves the owner's own connections.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -11,7 +15,8 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::{TcpListener, TcpStream};
 
 use super::core::{CoreState, ProposeFailure, WriteResult};
-use super::placement::{group_of, partition_of};
+use super::mesh::Router;
+use super::placement::{core_of, group_of, partition_of};
 use crate::kv::{Command, Op as KvOp, Outcome, Session};
 use crate::proto::client::{
     decode_request, ClientEncoder, ErrorCode, NodeAddress, NodeStatus, Op, PartitionStatus, Reply,
@@ -38,15 +43,22 @@ impl ClusterView {
     }
 }
 
-pub async fn serve_clients(listener: TcpListener, core: Rc<CoreState>, view: Rc<ClusterView>) {
+/// Everything a connection handler of a core works with.
+#[derive(Clone)]
+pub struct Serving {
+    pub core: Rc<CoreState>,
+    pub view: Rc<ClusterView>,
+    pub router: Rc<Router>,
+}
+
+pub async fn serve_clients(listener: TcpListener, serving: Serving) {
     loop {
         match listener.accept().await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let core = core.clone();
-                let view = view.clone();
+                let serving = serving.clone();
                 glommio::spawn_local(async move {
-                    if let Err(reason) = serve_connection(stream, core, view).await {
+                    if let Err(reason) = serve_connection(stream, serving).await {
                         eprintln!("kahuna: client connection closed: {reason}");
                     }
                 })
@@ -60,11 +72,7 @@ pub async fn serve_clients(listener: TcpListener, core: Rc<CoreState>, view: Rc<
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
-    core: Rc<CoreState>,
-    view: Rc<ClusterView>,
-) -> Result<(), String> {
+async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), String> {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (responses, outbox): (_, LocalReceiver<Response>) =
         local_channel::new_bounded(REQUESTS_IN_FLIGHT_MAX);
@@ -137,12 +145,11 @@ async fn serve_connection(
                 continue;
             }
             in_flight.set(in_flight.get() + 1);
-            let core = core.clone();
-            let view = view.clone();
+            let serving = serving.clone();
             let responses = responses.clone();
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
-                let response = handle(&core, &view, request).await;
+                let response = handle(&serving, request).await;
                 in_flight.set(in_flight.get() - 1);
                 let _ = responses.send(response).await;
             })
@@ -179,33 +186,112 @@ fn failure(view: &ClusterView, request_id: u64, failure: ProposeFailure) -> Resp
     }
 }
 
-async fn handle(core: &CoreState, view: &ClusterView, request: Request) -> Response {
+/// Answers a request that arrived on this core's client connections: here if this core owns
+/// its partition, else by handing it to the owner.
+async fn handle(serving: &Serving, request: Request) -> Response {
+    let (core, view) = (&*serving.core, &*serving.view);
+    if let Err(refusal) = admit(view, &request) {
+        return refusal;
+    }
+    let id = request.request_id;
+    let key = match &request.op {
+        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
+        Op::Scan { .. } => {
+            return Response::error(id, ErrorCode::Unavailable, "scan is not implemented yet")
+        }
+        Op::Status => return node_status(serving, id).await,
+    };
+    let owner = core_of(partition_of(key, view.partitions), view.cores);
+    if owner == core.core {
+        handle_here(core, view, request).await
+    } else {
+        serving.router.forward(owner, request).await
+    }
+}
+
+/// Answers a request another core handed over; this core owns its partition. A status
+/// request reports this core's partitions only.
+pub async fn handle_handover(
+    core: Rc<CoreState>,
+    view: Rc<ClusterView>,
+    request: Request,
+) -> Response {
+    if let Err(refusal) = admit(&view, &request) {
+        return refusal;
+    }
+    if let Op::Status = request.op {
+        return Response::ok(
+            request.request_id,
+            Some(Reply::Status(status(&core, &view))),
+        );
+    }
+    handle_here(&core, &view, request).await
+}
+
+/// The checks every request passes before any routing: cluster id and size limits.
+fn admit(view: &ClusterView, request: &Request) -> Result<(), Response> {
     let id = request.request_id;
     if request.cluster_id != 0 && request.cluster_id != view.cluster_id {
         let message = format!(
             "this node belongs to cluster {}, not {}",
             view.cluster_id, request.cluster_id
         );
-        return Response::error(id, ErrorCode::WrongCluster, message);
+        return Err(Response::error(id, ErrorCode::WrongCluster, message));
     }
-    if let Err(violation) = request.check_limits() {
-        return Response::error(id, violation.code, violation.message);
+    request
+        .check_limits()
+        .map_err(|violation| Response::error(id, violation.code, violation.message))
+}
+
+/// The status of the whole node: this core's partitions merged with every other core's,
+/// asked through the mesh. A core that cannot answer makes the whole status Unavailable
+/// rather than a report that silently misses partitions.
+async fn node_status(serving: &Serving, id: u64) -> Response {
+    let mut status = status(&serving.core, &serving.view);
+    for other in (0..serving.view.cores).filter(|&c| c != serving.core.core) {
+        let request = Request {
+            request_id: id,
+            client_id: 0,
+            sequence: 0,
+            cluster_id: 0,
+            op: Op::Status,
+        };
+        let response = serving.router.forward(other, request).await;
+        match response.reply {
+            Some(Reply::Status(theirs)) if response.error == ErrorCode::Ok => {
+                status.partitions.extend(theirs.partitions)
+            }
+            _ => {
+                let message = format!("core {other} did not report: {}", response.message);
+                return Response::error(id, ErrorCode::Unavailable, message);
+            }
+        }
     }
+    status.partitions.sort_by_key(|p| p.partition);
+    Response::ok(id, Some(Reply::Status(status)))
+}
+
+/// Serves a key request whose partition this core owns.
+async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> Response {
+    let id = request.request_id;
     let key = match &request.op {
         Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
             key.clone()
         }
-        Op::Scan { .. } => {
-            return Response::error(id, ErrorCode::Unavailable, "scan is not implemented yet")
+        Op::Scan { .. } | Op::Status => {
+            return Response::error(id, ErrorCode::Internal, "not a single-key request")
         }
-        Op::Status => return Response::ok(id, Some(Reply::Status(status(core, view)))),
     };
     let partition = partition_of(&key, view.partitions);
-    if super::placement::core_of(partition, view.cores) != core.core {
+    if core_of(partition, view.cores) != core.core {
+        // Routing sends every request to its owner; reaching here is a bug, not a client error.
         return Response::error(
             id,
-            ErrorCode::Unavailable,
-            "cross-core routing is not built yet: run the node with --cores 1",
+            ErrorCode::Internal,
+            format!(
+                "partition {partition} reached core {}, which does not own it",
+                core.core
+            ),
         );
     }
     let group = group_of(partition);

@@ -5,6 +5,7 @@ pub mod clients;
 pub mod config;
 pub mod core;
 pub mod memlock;
+pub mod mesh;
 pub mod node;
 pub mod placement;
 pub mod playground;

@@ -1,16 +1,19 @@
 //! Starts a node: one glommio executor per core, each owning the partitions `core_of` assigns
 //! it, its own storage instance (a subdirectory of the data directory) and its own peer
-//! transport; core 0 also serves the client port.
+//! transport. Every core serves the client port (SO_REUSEPORT spreads connections over the
+//! cores) and hands requests for other cores' partitions over the core mesh (`mesh.rs`).
 
 use std::rc::Rc;
 use std::time::Duration;
 
+use glommio::channels::channel_mesh::{Full, MeshBuilder};
 use glommio::{LocalExecutorBuilder, Placement};
 
-use super::clients::{serve_clients, ClusterView};
+use super::clients::{handle_handover, serve_clients, ClusterView, Serving};
 use super::config::{NodeConfig, Pinning};
 use super::core::{run_loop, CoreState};
 use super::memlock::{explain_executor_failure, raise_memlock_limit};
+use super::mesh::{self, Handover, Router};
 use super::placement::{core_of, group_of, replicas};
 use super::storage_writer::StorageWriter;
 use crate::kv::{KvMachine, KvMachineConfig};
@@ -69,16 +72,22 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     config.validate()?;
     let memlock = raise_memlock_limit();
     let data_dir = DataDir::open(&config.data_dir, config.cores, config.storage)?;
+    // Mesh positions follow executor creation order: the executors are created in core order
+    // below, one after the other. `mesh` outlives every executor (the builder's shared parts
+    // are reference counted without atomics; only the executors' own drops race, and those
+    // can at worst leak it).
+    let mesh = (config.cores > 1).then(|| mesh::build(config.cores));
     let mut handles = Vec::new();
     for core in 0..config.cores {
         let backend = data_dir.open_core(core)?;
         let config = config.clone();
+        let mesh = mesh.clone();
         let builder = LocalExecutorBuilder::new(placement_of(&config, core))
             .name(&format!("kahuna-core-{core}"))
             .spin_before_park(Duration::from_micros(50))
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1));
         let handle = builder
-            .spawn(move || async move { run_core(config, core, backend).await })
+            .spawn(move || async move { run_core(config, core, backend, mesh).await })
             .map_err(|error| NodeError::Executor(explain_executor_failure(&error, memlock)))?;
         handles.push((core, handle));
     }
@@ -101,7 +110,17 @@ async fn run_core(
     config: NodeConfig,
     core: usize,
     backend: Box<dyn crate::storage::Backend>,
+    mesh: Option<MeshBuilder<Handover, Full>>,
 ) -> Result<(), String> {
+    // Join the core mesh before anything can fail, so no core waits forever for a peer that
+    // stopped before joining.
+    let (router, handovers) = match mesh {
+        Some(mesh) => {
+            let (router, receivers) = Router::join(mesh, core).await?;
+            (router, Some(receivers))
+        }
+        None => (Router::single(), None),
+    };
     let storage = StorageWriter::new(backend);
     let nodes = config.node_ids();
     let raft = Config {
@@ -217,31 +236,26 @@ async fn run_core(
         })
         .detach();
     }
-    if core == 0 {
-        let listener = glommio::net::TcpListener::bind(&config.client_addr)
-            .map_err(|e| format!("cannot listen for clients on {}: {e}", config.client_addr))?;
-        let mut client_addrs: Vec<NodeAddress> = config
-            .client_addrs
-            .iter()
-            .map(|(&node_id, addr)| NodeAddress {
-                node_id,
-                client_address: addr.clone(),
-            })
-            .collect();
-        if !config.client_addrs.contains_key(&config.id) {
-            client_addrs.push(NodeAddress {
-                node_id: config.id,
-                client_address: config.client_addr.clone(),
-            });
-        }
-        let view = Rc::new(ClusterView {
-            cluster_id: config.cluster_id,
-            partitions: config.partitions,
-            cores: config.cores,
-            client_addrs,
+    let view = Rc::new(cluster_view(&config));
+    if let Some(receivers) = handovers {
+        let (state, view) = (state.clone(), view.clone());
+        mesh::serve_handovers(router.clone(), receivers, move |request| {
+            handle_handover(state.clone(), view.clone(), request)
         });
-        glommio::spawn_local(serve_clients(listener, state.clone(), view)).detach();
     }
+    // Every core listens on the client address; the kernel spreads connections over them.
+    let listener = glommio::net::TcpListener::bind(&config.client_addr).map_err(|e| {
+        format!(
+            "core {core} cannot listen for clients on {}: {e}",
+            config.client_addr
+        )
+    })?;
+    let serving = Serving {
+        core: state.clone(),
+        view,
+        router,
+    };
+    glommio::spawn_local(serve_clients(listener, serving)).detach();
     run_loop(
         state,
         ring,
@@ -250,4 +264,28 @@ async fn run_core(
     )
     .await;
     Ok(())
+}
+
+/// What every core tells its clients about the cluster.
+fn cluster_view(config: &NodeConfig) -> ClusterView {
+    let mut client_addrs: Vec<NodeAddress> = config
+        .client_addrs
+        .iter()
+        .map(|(&node_id, addr)| NodeAddress {
+            node_id,
+            client_address: addr.clone(),
+        })
+        .collect();
+    if !config.client_addrs.contains_key(&config.id) {
+        client_addrs.push(NodeAddress {
+            node_id: config.id,
+            client_address: config.client_addr.clone(),
+        });
+    }
+    ClusterView {
+        cluster_id: config.cluster_id,
+        partitions: config.partitions,
+        cores: config.cores,
+        client_addrs,
+    }
 }

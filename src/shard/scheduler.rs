@@ -125,6 +125,9 @@ pub struct Shard<S: StateMachine> {
     groups: AHashMap<GroupId, Slot>,
     /// Groups that may have a Ready (deduplicated by `BTreeSet` for a stable order).
     dirty: BTreeSet<GroupId>,
+    /// The groups that tick. Invariant: exactly the slots with `awake` set. Sleeping groups are
+    /// never visited by `tick`, so an idle shard costs nothing per group.
+    awake: BTreeSet<GroupId>,
     /// Compactions decided since the last collect, written with the next batch.
     compactions: Vec<(GroupId, SnapshotMeta)>,
     liveness: NodeLiveness,
@@ -139,6 +142,7 @@ impl<S: StateMachine> Shard<S> {
             config,
             groups: AHashMap::new(),
             dirty: BTreeSet::new(),
+            awake: BTreeSet::new(),
             compactions: Vec::new(),
             liveness,
             ticks: 0,
@@ -171,6 +175,7 @@ impl<S: StateMachine> Shard<S> {
         config.group = group;
         config.seed = config.seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let raft = Raft::new(config, restore)?;
+        self.awake.insert(group);
         self.groups.insert(
             group,
             Slot {
@@ -209,10 +214,11 @@ impl<S: StateMachine> Shard<S> {
         }
     }
 
-    fn wake(slot: &mut Slot) {
+    fn wake(awake: &mut BTreeSet<GroupId>, group: GroupId, slot: &mut Slot) {
         if !slot.awake {
             slot.awake = true;
             slot.quiet_ticks = 0;
+            awake.insert(group);
         }
     }
 
@@ -224,30 +230,31 @@ impl<S: StateMachine> Shard<S> {
         let newly_down = self.liveness.tick();
         let hibernation = self.config.hibernation;
         let hibernate_after = self.config.hibernate_after_ticks;
-        for (&group, slot) in self.groups.iter_mut() {
-            let leader = slot.raft.leader();
-            if slot.raft.role() == Role::Follower && newly_down.contains(&leader) {
-                // The leader's node went silent: campaign soon, asleep or not.
-                slot.raft.leader_unreachable();
-                Self::wake(slot);
-            }
-            if !slot.awake {
-                // A sleeping follower whose leader is unknown or on a silent node must campaign.
-                if slot.raft.role() != Role::Leader && !self.liveness.is_live(leader) {
-                    Self::wake(slot);
-                } else {
-                    continue;
+        // The only time sleeping groups are visited: a node went silent, wake what it led.
+        if !newly_down.is_empty() {
+            for (&group, slot) in self.groups.iter_mut() {
+                if slot.raft.role() == Role::Follower && newly_down.contains(&slot.raft.leader()) {
+                    // Campaign soon, asleep or not.
+                    slot.raft.leader_unreachable();
+                    Self::wake(&mut self.awake, group, slot);
                 }
             }
+        }
+        let awake: Vec<GroupId> = self.awake.iter().copied().collect();
+        for group in awake {
+            let slot = self.groups.get_mut(&group).expect("awake groups exist");
             // A follower in step with a leader on a live node needs no election timer: it sleeps
             // at once, and node liveness (not per-group heartbeats) tells it when to wake. Were
             // it to keep ticking, it would time out while its leader sleeps and disturb the group.
+            // (A sleeping follower's leader can only become unknown through a message, which
+            // wakes it, or go silent, which `newly_down` handles above.)
             if hibernation
                 && slot.raft.role() == Role::Follower
                 && slot.raft.is_quiescent()
                 && self.liveness.is_live(slot.raft.leader())
             {
                 slot.awake = false;
+                self.awake.remove(&group);
                 continue;
             }
             slot.raft.tick();
@@ -264,6 +271,7 @@ impl<S: StateMachine> Shard<S> {
                 && slot.raft.is_quiescent()
             {
                 slot.awake = false;
+                self.awake.remove(&group);
             }
         }
         if self.ticks % self.config.node_heartbeat_ticks as u64 == 0 {
@@ -279,13 +287,13 @@ impl<S: StateMachine> Shard<S> {
     }
 
     /// Feeds messages that arrived from `from` (one frame).
-    pub fn receive(&mut self, from: NodeId, messages: Vec<Message>) -> Vec<(Message, ShardError)> {
+    pub fn receive(&mut self, from: NodeId, messages: Vec<Message>) -> Vec<(GroupId, ShardError)> {
         self.liveness.heard_from(from);
         let mut rejected = Vec::new();
         for message in messages {
             let group = message.group;
             let Some(slot) = self.groups.get_mut(&group) else {
-                rejected.push((message, ShardError::UnknownGroup(group)));
+                rejected.push((group, ShardError::UnknownGroup(group)));
                 continue;
             };
             // A vote request means some member lost track of the leader: wake so heartbeats
@@ -294,14 +302,14 @@ impl<S: StateMachine> Shard<S> {
                 message.body,
                 MessageBody::PreVote { .. } | MessageBody::Vote { .. }
             );
-            if let Err(error) = slot.raft.step(message.clone()) {
-                rejected.push((message, error.into()));
+            if let Err(error) = slot.raft.step(message) {
+                rejected.push((group, error.into()));
             }
             // Otherwise a message wakes a sleeping group only if it gave the group something to
             // do: the last heartbeat answers reaching a leader that just fell asleep must not.
             if !slot.awake && (asks_for_votes || slot.raft.has_ready() || !slot.raft.is_quiescent())
             {
-                Self::wake(slot);
+                Self::wake(&mut self.awake, group, slot);
             }
             self.dirty.insert(group);
         }
@@ -313,7 +321,7 @@ impl<S: StateMachine> Shard<S> {
             .groups
             .get_mut(&group)
             .ok_or(ShardError::UnknownGroup(group))?;
-        Self::wake(slot);
+        Self::wake(&mut self.awake, group, slot);
         slot.quiet_ticks = 0;
         self.dirty.insert(group);
         Ok(slot.raft.propose(data)?)
@@ -324,7 +332,7 @@ impl<S: StateMachine> Shard<S> {
             .groups
             .get_mut(&group)
             .ok_or(ShardError::UnknownGroup(group))?;
-        Self::wake(slot);
+        Self::wake(&mut self.awake, group, slot);
         self.dirty.insert(group);
         Ok(slot.raft.read_index(context)?)
     }
@@ -339,7 +347,7 @@ impl<S: StateMachine> Shard<S> {
             .groups
             .get_mut(&group)
             .ok_or(ShardError::UnknownGroup(group))?;
-        Self::wake(slot);
+        Self::wake(&mut self.awake, group, slot);
         self.dirty.insert(group);
         Ok(action(&mut slot.raft))
     }

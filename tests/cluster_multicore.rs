@@ -1,0 +1,192 @@
+//! Process-level test of cross-core routing: a 3-node cluster of `kahuna serve --cores 2`
+//! processes. Every core accepts client connections, so whichever core a connection lands on,
+//! half the partitions belong to the other core and reach it through the core mesh. Checks:
+//! every partition elects a leader, status from one node lists the partitions of both cores,
+//! every connection of every node serves every partition, and writes and linearizable reads of
+//! keys spread over all partitions succeed through every node. Waits on conditions with
+//! generous deadlines, never on fixed sleeps.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kahuna::client::{Client, Connection};
+use kahuna::proto::client::{ErrorCode, Op, Reply, Request};
+use kahuna::server::placement::{core_of, partition_of};
+use kahuna::server::playground::{wait_for_leaders, PlaygroundConfig};
+
+const PARTITIONS: u64 = 16;
+const CORES: usize = 2;
+/// Connections opened to each node: the kernel spreads them over the node's cores.
+const CONNECTIONS_PER_NODE: usize = 6;
+
+struct Cluster {
+    config: PlaygroundConfig,
+    children: BTreeMap<u64, Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    fn start(base_port: u16) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let config = PlaygroundConfig {
+            nodes: 3,
+            data_dir: dir.path().to_path_buf(),
+            base_port,
+            cores: CORES,
+            partitions: PARTITIONS,
+            storage: "rocksdb".into(),
+            extra_serve_args: Vec::new(),
+        };
+        let mut children = BTreeMap::new();
+        for node in 1..=3 {
+            let child = Command::new(env!("CARGO_BIN_EXE_kahuna"))
+                .args(config.serve_args(node))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start kahuna serve");
+            children.insert(node, child);
+        }
+        Cluster {
+            config,
+            children,
+            _dir: dir,
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        (1..=3).map(|n| self.config.client_addr(n)).collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in self.children.values_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// One key of every partition, so both cores of every node are addressed.
+fn key_per_partition() -> BTreeMap<u64, String> {
+    let mut keys = BTreeMap::new();
+    for i in 0.. {
+        let key = format!("spread-{i}");
+        keys.entry(partition_of(key.as_bytes(), PARTITIONS))
+            .or_insert(key);
+        if keys.len() as u64 == PARTITIONS {
+            return keys;
+        }
+        assert!(i < 10_000, "the hash reaches every partition");
+    }
+    unreachable!()
+}
+
+fn stale_get(
+    connection: &mut Connection,
+    request_id: u64,
+    key: &str,
+) -> kahuna::proto::client::Response {
+    let request = Request {
+        request_id,
+        client_id: 0,
+        sequence: 0,
+        cluster_id: 0,
+        op: Op::Get {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            stale_ok: true,
+        },
+    };
+    connection.call(&request).expect("the node answers")
+}
+
+#[test]
+fn two_cores_per_node_serve_every_partition_through_every_node() {
+    let cluster = Cluster::start(17600);
+    assert!(
+        wait_for_leaders(&cluster.endpoints(), PARTITIONS, Duration::from_secs(60)),
+        "every partition elects a leader"
+    );
+
+    // Status from one node lists the partitions of both cores (every node replicates every
+    // partition with 3 nodes), whichever core answers.
+    let addr = cluster.config.client_addr(1);
+    for _ in 0..CONNECTIONS_PER_NODE {
+        let mut connection =
+            Connection::connect(&addr, Duration::from_secs(2)).expect("connect to node 1");
+        let request = Request {
+            request_id: 7,
+            client_id: 0,
+            sequence: 0,
+            cluster_id: 0,
+            op: Op::Status,
+        };
+        let response = connection.call(&request).expect("status answers");
+        assert_eq!(response.error, ErrorCode::Ok, "{response:?}");
+        let Some(Reply::Status(status)) = response.reply else {
+            panic!("not a status: {response:?}");
+        };
+        let partitions: BTreeSet<u64> = status.partitions.iter().map(|p| p.partition).collect();
+        assert_eq!(partitions, (0..PARTITIONS).collect(), "{status:?}");
+        let cores: BTreeSet<usize> = partitions.iter().map(|&p| core_of(p, CORES)).collect();
+        assert_eq!(cores, (0..CORES).collect());
+    }
+
+    // Every connection of every node serves every partition: half of them reach the other
+    // core through the mesh. Nothing is written yet, so each answer is a definite NotFound.
+    let keys = key_per_partition();
+    for node in 1..=3 {
+        let addr = cluster.config.client_addr(node);
+        for c in 0..CONNECTIONS_PER_NODE {
+            let mut connection =
+                Connection::connect(&addr, Duration::from_secs(2)).expect("connect");
+            for (partition, key) in &keys {
+                let response = stale_get(&mut connection, *partition + 1, key);
+                assert_eq!(
+                    response.error,
+                    ErrorCode::NotFound,
+                    "node {node} connection {c} partition {partition}: {response:?}"
+                );
+                assert_eq!(response.request_id, *partition + 1);
+            }
+        }
+    }
+
+    // Writes through every node, to keys of every partition (the client follows leader hints;
+    // the leader's connection may land on either core).
+    for node in 1..=3u64 {
+        let mut client = Client::new(vec![cluster.config.client_addr(node)]);
+        client.endpoints_hint(cluster.endpoints());
+        client.deadline = Duration::from_secs(30);
+        for (partition, key) in &keys {
+            let key = format!("{key}-n{node}");
+            let value = format!("p{partition}-n{node}");
+            let response = client
+                .put(key.as_bytes(), value.as_bytes())
+                .expect("write succeeds");
+            assert_eq!(response.error, ErrorCode::Ok, "{key}: {response:?}");
+        }
+    }
+
+    // Linearizable reads through every node see every write.
+    for reader in 1..=3u64 {
+        let mut client = Client::new(vec![cluster.config.client_addr(reader)]);
+        client.endpoints_hint(cluster.endpoints());
+        client.deadline = Duration::from_secs(30);
+        for writer in 1..=3u64 {
+            for (partition, key) in &keys {
+                let key = format!("{key}-n{writer}");
+                let response = client.get(key.as_bytes()).expect("read succeeds");
+                match &response.reply {
+                    Some(Reply::Value { value, .. }) => {
+                        assert_eq!(value, &Bytes::from(format!("p{partition}-n{writer}")))
+                    }
+                    other => panic!("{key} through node {reader}: {other:?} ({response:?})"),
+                }
+            }
+        }
+    }
+}
