@@ -78,7 +78,9 @@ impl Client {
             .unwrap_or_else(|| self.endpoints[0].clone());
         let mut rotation = 0usize;
         let mut last_problem = String::from("no attempt");
-        let mut backoff = Duration::from_millis(10);
+        // Short and capped: a failover takes a few hundred milliseconds, and a client that
+        // sleeps long past it adds its own delay to every write that waited.
+        let mut backoff = Duration::from_millis(5);
         while start.elapsed() < self.deadline {
             self.next_request += 1;
             let request = Request {
@@ -113,7 +115,7 @@ impl Client {
             rotation += 1;
             target = self.endpoints[rotation % self.endpoints.len()].clone();
             std::thread::sleep(backoff);
-            backoff = (backoff * 2).min(Duration::from_millis(200));
+            backoff = (backoff * 2).min(Duration::from_millis(50));
         }
         if op.is_write() {
             Err(ClientError::Timeout(self.deadline, last_problem))

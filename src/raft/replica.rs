@@ -701,10 +701,11 @@ impl Raft {
                 self.become_follower(term, message.from);
                 self.step_follower(message);
             }
-            MessageBody::PreVoteResponse { reject } if self.role == Role::PreCandidate => {
-                if reject || message.term == self.term + 1 {
-                    self.record_vote(message.from, !reject);
-                }
+            // A granted pre-vote counts only for the term we would campaign at.
+            MessageBody::PreVoteResponse { reject }
+                if self.role == Role::PreCandidate && (reject || message.term == self.term + 1) =>
+            {
+                self.record_vote(message.from, !reject);
             }
             MessageBody::VoteResponse { reject } if self.role == Role::Candidate => {
                 self.record_vote(message.from, !reject);
@@ -1392,6 +1393,16 @@ impl Raft {
             data,
         });
         Ok(())
+    }
+
+    /// The configuration in effect at `index` (at or after the snapshot point, at most the last
+    /// index). Scans back through the log: O(entries after the last configuration change).
+    pub fn conf_state_at(&self, index: Index) -> ConfState {
+        assert!(
+            index >= self.log.snapshot_index() && index <= self.log.last_index(),
+            "conf_state_at({index}) outside the log"
+        );
+        self.conf_at(index)
     }
 
     /// The configuration in effect at `index` (at or after the snapshot point).

@@ -190,7 +190,7 @@ fn failure(view: &ClusterView, request_id: u64, failure: ProposeFailure) -> Resp
 /// its partition, else by handing it to the owner.
 async fn handle(serving: &Serving, request: Request) -> Response {
     let (core, view) = (&*serving.core, &*serving.view);
-    if let Err(refusal) = admit(view, &request) {
+    if let Some(refusal) = refusal(view, &request) {
         return refusal;
     }
     let id = request.request_id;
@@ -216,7 +216,7 @@ pub async fn handle_handover(
     view: Rc<ClusterView>,
     request: Request,
 ) -> Response {
-    if let Err(refusal) = admit(&view, &request) {
+    if let Some(refusal) = refusal(&view, &request) {
         return refusal;
     }
     if let Op::Status = request.op {
@@ -228,19 +228,19 @@ pub async fn handle_handover(
     handle_here(&core, &view, request).await
 }
 
-/// The checks every request passes before any routing: cluster id and size limits.
-fn admit(view: &ClusterView, request: &Request) -> Result<(), Response> {
+/// The checks every request passes before any routing (cluster id, size limits): the answer
+/// refusing it, if it fails one.
+fn refusal(view: &ClusterView, request: &Request) -> Option<Response> {
     let id = request.request_id;
     if request.cluster_id != 0 && request.cluster_id != view.cluster_id {
         let message = format!(
             "this node belongs to cluster {}, not {}",
             view.cluster_id, request.cluster_id
         );
-        return Err(Response::error(id, ErrorCode::WrongCluster, message));
+        return Some(Response::error(id, ErrorCode::WrongCluster, message));
     }
-    request
-        .check_limits()
-        .map_err(|violation| Response::error(id, violation.code, violation.message))
+    let violation = request.check_limits().err()?;
+    Some(Response::error(id, violation.code, violation.message))
 }
 
 /// The status of the whole node: this core's partitions merged with every other core's,

@@ -32,6 +32,10 @@ pub enum WriteResult {
     Lost,
 }
 
+/// A ReadIndex request waiting for its read point: answered with `Some(index)` once applied,
+/// `None` when leadership was lost.
+type ReadWaiter = (GroupId, LocalSender<Option<Index>>);
+
 struct Waiter {
     term: Term,
     reply: LocalSender<WriteResult>,
@@ -45,7 +49,7 @@ pub struct CoreState {
     pub storage: StorageWriter,
     pub transport: PeerTransport,
     waiters: RefCell<HashMap<(GroupId, Index), Waiter>>,
-    reads: RefCell<HashMap<u64, (GroupId, LocalSender<Option<Index>>)>>,
+    reads: RefCell<HashMap<u64, ReadWaiter>>,
     next_read: RefCell<u64>,
     doorbell: LocalSender<()>,
 }
@@ -163,6 +167,7 @@ pub async fn run_loop(
 ) {
     let mut next_tick = Instant::now() + tick;
     let mut next_compaction = Instant::now() + COMPACTION_INTERVAL;
+    let compacting = Rc::new(std::cell::Cell::new(false));
     // Reads confirmed by a quorum but not yet applied locally: (context, group, index).
     let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
     loop {
@@ -175,18 +180,23 @@ pub async fn run_loop(
             }
         }
         let batch = state.shard.borrow_mut().collect(true);
+        let worked = batch.is_some();
         if let Some(batch) = batch {
             for (peer, messages) in batch.send_now {
                 let _ = state.transport.send(peer, messages);
             }
-            if let Err(error) = state.storage.write(batch.write).await {
-                // A failed write leaves the log in an unknown state: stop serving rather than
-                // acknowledge anything that may not be durable.
-                eprintln!(
-                    "kahuna: core {}: storage write failed, stopping the node: {error}",
-                    state.core
-                );
-                std::process::exit(70);
+            // Nothing to write: every earlier batch is already durable (they are written one
+            // after the other), so this one is too, without a sync.
+            if !batch.write.is_empty() {
+                if let Err(error) = state.storage.write(batch.write).await {
+                    // A failed write leaves the log in an unknown state: stop serving rather
+                    // than acknowledge anything that may not be durable.
+                    eprintln!(
+                        "kahuna: core {}: storage write failed, stopping the node: {error}",
+                        state.core
+                    );
+                    std::process::exit(70);
+                }
             }
             let after = state.shard.borrow_mut().persisted(batch.token);
             for (peer, messages) in after {
@@ -201,13 +211,9 @@ pub async fn run_loop(
             for (group, read) in batch.read_states {
                 parked_reads.push((read.context, group, read.index));
             }
-            continue;
         }
-        if Instant::now() >= next_compaction {
-            next_compaction = Instant::now() + COMPACTION_INTERVAL;
-            compact_long_logs(&state, compact_after).await;
-        }
-        // Release reads whose index is applied (the apply was in a batch now durable).
+        // Release reads whose index is applied (the apply was in a batch now durable). Done on
+        // every iteration: under constant load the loop may never be idle.
         parked_reads.retain(|&(context, group, index)| {
             let applied = state.shard.borrow().raft(group).map_or(0, |r| r.applied());
             if applied < index {
@@ -218,6 +224,22 @@ pub async fn run_loop(
             }
             false
         });
+        // Compaction runs beside the loop (its reads go to the blocking pool), so a long pass
+        // never stops ticks, heartbeats or writes.
+        if Instant::now() >= next_compaction && !compacting.get() {
+            next_compaction = Instant::now() + COMPACTION_INTERVAL;
+            compacting.set(true);
+            let state = state.clone();
+            let compacting = compacting.clone();
+            glommio::spawn_local(async move {
+                compact_long_logs(&state, compact_after).await;
+                compacting.set(false);
+            })
+            .detach();
+        }
+        if worked {
+            continue;
+        }
         let wait = next_tick.saturating_duration_since(Instant::now());
         let _ = glommio::timer::timeout(wait, async {
             ring.recv().await;

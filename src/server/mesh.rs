@@ -244,3 +244,111 @@ where
         .detach();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use glommio::{LocalExecutorBuilder, Placement};
+
+    use super::*;
+    use crate::proto::client::{Op, Reply};
+
+    fn get(request_id: u64, key: &'static [u8]) -> Request {
+        Request {
+            request_id,
+            client_id: 0,
+            sequence: 0,
+            cluster_id: 0,
+            op: Op::Get {
+                key: Bytes::from_static(key),
+                stale_ok: true,
+            },
+        }
+    }
+
+    /// Core 1 answers "echo" requests with their key and never answers "hang" ones.
+    async fn owner_handler(request: Request) -> Response {
+        let Op::Get { key, .. } = request.op else {
+            panic!("only gets in this test");
+        };
+        if key.as_ref() == b"hang" {
+            futures_lite::future::pending::<()>().await;
+        }
+        let reply = Reply::Value {
+            value: key,
+            revision: request.request_id,
+        };
+        Response::ok(request.request_id, Some(reply))
+    }
+
+    async fn idle_until(done: &AtomicBool) {
+        while !done.load(Ordering::SeqCst) {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Core 0 gets core 1's answer back under the right request id, then fills the in-flight
+    /// bound with requests core 1 never answers and is refused the next one at once.
+    #[test]
+    fn hands_over_answers_and_refuses_beyond_the_bound() {
+        let mesh = build(2);
+        let done = Arc::new(AtomicBool::new(false));
+        // Created in core order: mesh positions follow executor creation order.
+        let origin = {
+            let (mesh, done) = (mesh.clone(), done.clone());
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .spawn(move || async move {
+                    let (router, receivers) = Router::join(mesh, 0).await.unwrap();
+                    serve_handovers(router.clone(), receivers, |request: Request| async move {
+                        Response::error(request.request_id, ErrorCode::Internal, "not here")
+                    });
+                    let response = router.forward(1, get(42, b"echo")).await;
+                    assert_eq!(response.request_id, 42);
+                    assert_eq!(
+                        response.reply,
+                        Some(Reply::Value {
+                            value: Bytes::from_static(b"echo"),
+                            revision: 42,
+                        })
+                    );
+                    assert!(router.waiting.borrow().is_empty());
+                    assert_eq!(router.in_flight.borrow()[1], 0);
+                    // Fill the bound; a hand-over refused by a momentarily full channel just
+                    // ends, and the loop sends another.
+                    let mut spawned = 0u64;
+                    while router.in_flight.borrow()[1] < HANDOVERS_IN_FLIGHT_MAX {
+                        assert!(spawned < 100 * HANDOVERS_IN_FLIGHT_MAX as u64);
+                        spawned += 1;
+                        let router = router.clone();
+                        glommio::spawn_local(async move {
+                            router.forward(1, get(1_000 + spawned, b"hang")).await
+                        })
+                        .detach();
+                        futures_lite::future::yield_now().await;
+                    }
+                    let response = router.forward(1, get(7, b"echo")).await;
+                    assert_eq!(response.error, ErrorCode::TooManyInFlight, "{response:?}");
+                    assert_eq!(response.request_id, 7);
+                    assert_eq!(router.waiting.borrow().len(), HANDOVERS_IN_FLIGHT_MAX);
+                    done.store(true, Ordering::SeqCst);
+                })
+                .unwrap()
+        };
+        let owner = {
+            let (mesh, done) = (mesh.clone(), done.clone());
+            LocalExecutorBuilder::new(Placement::Unbound)
+                .spawn(move || async move {
+                    let (router, receivers) = Router::join(mesh, 1).await.unwrap();
+                    serve_handovers(router, receivers, owner_handler);
+                    idle_until(&done).await;
+                })
+                .unwrap()
+        };
+        origin.join().unwrap();
+        owner.join().unwrap();
+        drop(mesh);
+    }
+}

@@ -85,7 +85,8 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let builder = LocalExecutorBuilder::new(placement_of(&config, core))
             .name(&format!("kahuna-core-{core}"))
             .spin_before_park(Duration::from_micros(50))
-            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(1));
+            // Two blocking threads: batch writes never wait behind a compaction's image read.
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2));
         let handle = builder
             .spawn(move || async move { run_core(config, core, backend, mesh).await })
             .map_err(|error| NodeError::Executor(explain_executor_failure(&error, memlock)))?;
@@ -155,6 +156,16 @@ async fn run_core(
             let (meta, data) = storage
                 .snapshot_blocking(group)
                 .map_err(|e| format!("snapshot of group {group}: {e}"))?;
+            let mut meta = meta;
+            if meta.conf_state.voters.is_empty() {
+                // Written before memberships were stored with applies: the compaction point's
+                // membership is the best record (no membership changes existed then).
+                meta.conf_state = if state.snapshot.conf_state.voters.is_empty() {
+                    ConfState::new(members.clone(), vec![])
+                } else {
+                    state.snapshot.conf_state.clone()
+                };
+            }
             let entries = state
                 .entries
                 .into_iter()

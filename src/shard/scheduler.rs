@@ -20,8 +20,8 @@ use bytes::Bytes;
 
 use super::liveness::NodeLiveness;
 use crate::raft::{
-    Config, Entry, GroupId, Index, Message, MessageBody, NodeId, Raft, RaftError, ReadState,
-    RestoreState, Role, SnapshotMeta, SoftState, Term,
+    ConfState, Config, Entry, EntryKind, GroupId, Index, Message, MessageBody, NodeId, Raft,
+    RaftError, ReadState, RestoreState, Role, SnapshotMeta, SoftState, Term,
 };
 use crate::storage::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 
@@ -82,6 +82,9 @@ pub enum ShardError {
 
 struct Slot {
     raft: Raft,
+    /// Applied index at which this replica last stored its membership (None: not yet in this
+    /// process; the first apply stores it).
+    stored_conf_index: Option<Index>,
     awake: bool,
     quiet_ticks: u32,
 }
@@ -173,13 +176,14 @@ impl<S: StateMachine> Shard<S> {
         let mut config = self.config.raft.clone();
         config.id = self.config.node;
         config.group = group;
-        config.seed = config.seed ^ group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        config.seed ^= group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let raft = Raft::new(config, restore)?;
         self.awake.insert(group);
         self.groups.insert(
             group,
             Slot {
                 raft,
+                stored_conf_index: None,
                 awake: true,
                 quiet_ticks: 0,
             },
@@ -401,13 +405,26 @@ impl<S: StateMachine> Shard<S> {
                 write.entries = ready.entries;
                 if let Some(last) = ready.committed_entries.last() {
                     let mut ops = Vec::new();
+                    // The membership in force at the applied index is stored with it (a group's
+                    // first apply records the initial one), so a restart from compacted state
+                    // knows its voters without the log.
+                    let mut conf_state = slot
+                        .stored_conf_index
+                        .is_none()
+                        .then(|| slot.raft.conf_state_at(last.index));
                     for entry in &ready.committed_entries {
                         self.state_machine.apply(group, entry, &mut ops);
+                        if entry.kind == EntryKind::ConfChange {
+                            conf_state = ConfState::decode(&entry.data);
+                        }
+                    }
+                    if conf_state.is_some() {
+                        slot.stored_conf_index = Some(last.index);
                     }
                     write.apply = Some(Apply {
                         index: last.index,
                         term: last.term,
-                        conf_state: None,
+                        conf_state,
                         ops,
                     });
                     batch.applied.push((group, ready.committed_entries));

@@ -64,7 +64,7 @@ pub struct SimOptions {
 impl SimOptions {
     /// Options drawn from the seed, so different seeds explore different fault mixes.
     pub fn from_seed(seed: u64) -> SimOptions {
-        let mut dice = Dice::new(seed ^ 0x5eed_0f_0971095);
+        let mut dice = Dice::new(seed ^ 0x0005_eed0_f097_1095);
         SimOptions {
             seed,
             nodes: dice.pick(&[3, 4, 5]),
