@@ -99,8 +99,9 @@ pub struct Raft {
     votes: Vec<(NodeId, bool)>,
 
     // Follower state: a snapshot being reassembled from chunks.
-    incoming_snapshot: Option<(SnapshotMeta, Vec<u8>)>,
-    snapshot_to_install: Option<Snapshot>,
+    // Boxed: rarely set, and every byte of an idle replica counts when a node hosts thousands.
+    incoming_snapshot: Option<Box<(SnapshotMeta, Vec<u8>)>>,
+    snapshot_to_install: Option<Box<Snapshot>>,
 
     election_elapsed: u32,
     heartbeat_elapsed: u32,
@@ -822,9 +823,9 @@ impl Raft {
             return;
         }
         if offset == 0 {
-            self.incoming_snapshot = Some((meta.clone(), Vec::new()));
+            self.incoming_snapshot = Some(Box::new((meta.clone(), Vec::new())));
         }
-        let expected = match &self.incoming_snapshot {
+        let expected = match self.incoming_snapshot.as_deref() {
             Some((held, buffer)) if *held == meta => buffer.len() as u64,
             _ => {
                 self.incoming_snapshot = None;
@@ -845,7 +846,7 @@ impl Raft {
         }
         let (_, buffer) = self
             .incoming_snapshot
-            .as_mut()
+            .as_deref_mut()
             .expect("offset matched a held buffer");
         buffer.extend_from_slice(&data);
         if !done {
@@ -860,7 +861,7 @@ impl Raft {
             );
             return;
         }
-        let (meta, buffer) = self.incoming_snapshot.take().expect("held buffer");
+        let (meta, buffer) = *self.incoming_snapshot.take().expect("held buffer");
         let index = meta.index;
         if self.log.match_term(meta.index, meta.term) {
             // We already hold the snapshot's last entry: our log covers it, fast-forward commit.
@@ -875,7 +876,7 @@ impl Raft {
                 data: Bytes::from(buffer),
             };
             self.snapshot = Some(snapshot.clone());
-            self.snapshot_to_install = Some(snapshot);
+            self.snapshot_to_install = Some(Box::new(snapshot));
         }
         let body = MessageBody::AppendResponse {
             reject: false,
@@ -1455,7 +1456,7 @@ impl Raft {
         }
         self.ready_number += 1;
         let number = self.ready_number;
-        let snapshot = self.snapshot_to_install.take();
+        let snapshot = self.snapshot_to_install.take().map(|boxed| *boxed);
         let entries = self.log.take_unstable();
         let hard_state = self.hard_state();
         let hard_state = (hard_state != self.last_hard_state).then(|| {

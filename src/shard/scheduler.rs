@@ -81,7 +81,8 @@ pub enum ShardError {
 }
 
 struct Slot {
-    raft: Raft,
+    /// Boxed so the group map's buckets stay small (the map keeps spare capacity).
+    raft: Box<Raft>,
     /// Applied index at which this replica last stored its membership (None: not yet in this
     /// process; the first apply stores it).
     stored_conf_index: Option<Index>,
@@ -182,7 +183,7 @@ impl<S: StateMachine> Shard<S> {
         self.groups.insert(
             group,
             Slot {
-                raft,
+                raft: Box::new(raft),
                 stored_conf_index: None,
                 awake: true,
                 quiet_ticks: 0,
@@ -193,11 +194,11 @@ impl<S: StateMachine> Shard<S> {
     }
 
     pub fn raft(&self, group: GroupId) -> Option<&Raft> {
-        self.groups.get(&group).map(|slot| &slot.raft)
+        self.groups.get(&group).map(|slot| &*slot.raft)
     }
 
     pub fn raft_mut(&mut self, group: GroupId) -> Option<&mut Raft> {
-        self.groups.get_mut(&group).map(|slot| &mut slot.raft)
+        self.groups.get_mut(&group).map(|slot| &mut *slot.raft)
     }
 
     pub fn group_ids(&self) -> Vec<GroupId> {
