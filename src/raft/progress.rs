@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use super::types::{Index, Snapshot};
+use super::types::{Index, NodeId, Snapshot};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProgressState {
@@ -29,7 +29,7 @@ pub struct Progress {
     /// during the stream do not restart it: a follower always finishes the one it began.
     pub pending_snapshot: Index,
     pub snapshot_offset: u64,
-    pub streaming: Option<Snapshot>,
+    pub streaming: Option<Box<Snapshot>>,
     /// Last index of each append in flight (Replicate only), oldest first.
     inflight: VecDeque<Index>,
     inflight_max: usize,
@@ -85,7 +85,7 @@ impl Progress {
     pub fn become_snapshot(&mut self, snapshot: Snapshot) {
         self.reset_state(ProgressState::Snapshot);
         self.pending_snapshot = snapshot.meta.index;
-        self.streaming = Some(snapshot);
+        self.streaming = Some(Box::new(snapshot));
     }
 
     /// Whether the leader must hold back appends to this follower.
@@ -165,6 +165,95 @@ impl Progress {
 
     pub fn inflight_count(&self) -> usize {
         self.inflight.len()
+    }
+}
+
+/// The leader's progress of every other member, sorted by node id. A small sorted vector:
+/// groups have three to five members, and an ordered map's nodes would cost each idle group
+/// more memory than the replica itself.
+#[derive(Clone, Debug, Default)]
+pub struct ProgressMap {
+    /// Invariant: sorted by node id, no duplicates.
+    entries: Vec<(NodeId, Progress)>,
+}
+
+impl ProgressMap {
+    pub fn new() -> ProgressMap {
+        ProgressMap {
+            entries: Vec::new(),
+        }
+    }
+
+    fn position(&self, id: NodeId) -> Result<usize, usize> {
+        self.entries.binary_search_by_key(&id, |(key, _)| *key)
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.entries.shrink_to_fit();
+    }
+
+    pub fn contains_key(&self, id: &NodeId) -> bool {
+        self.position(*id).is_ok()
+    }
+
+    pub fn get(&self, id: &NodeId) -> Option<&Progress> {
+        self.position(*id).ok().map(|at| &self.entries[at].1)
+    }
+
+    pub fn get_mut(&mut self, id: &NodeId) -> Option<&mut Progress> {
+        self.position(*id).ok().map(|at| &mut self.entries[at].1)
+    }
+
+    pub fn insert(&mut self, id: NodeId, progress: Progress) {
+        match self.position(id) {
+            Ok(at) => self.entries[at].1 = progress,
+            Err(at) => self.entries.insert(at, (id, progress)),
+        }
+    }
+
+    pub fn get_or_insert_with(
+        &mut self,
+        id: NodeId,
+        make: impl FnOnce() -> Progress,
+    ) -> &mut Progress {
+        let at = match self.position(id) {
+            Ok(at) => at,
+            Err(at) => {
+                self.entries.insert(at, (id, make()));
+                at
+            }
+        };
+        &mut self.entries[at].1
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId, &mut Progress) -> bool) {
+        self.entries.retain_mut(|(id, progress)| keep(id, progress));
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &NodeId> + '_ {
+        self.entries.iter().map(|(id, _)| id)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &Progress> + '_ {
+        self.entries.iter().map(|(_, progress)| progress)
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Progress> + '_ {
+        self.entries.iter_mut().map(|(_, progress)| progress)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &Progress)> + '_ {
+        self.entries.iter().map(|(id, progress)| (id, progress))
+    }
+}
+
+impl std::ops::Index<&NodeId> for ProgressMap {
+    type Output = Progress;
+
+    fn index(&self, id: &NodeId) -> &Progress {
+        self.get(id)
+            .unwrap_or_else(|| panic!("no progress for node {id}"))
     }
 }
 

@@ -2,14 +2,14 @@
 //! membership and snapshots. Driven only by `step`, `tick` and the proposal calls; every
 //! effect comes back through `ready`. No IO, no clock, no unseeded randomness.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 
 use super::config::{Config, SafetyFault};
 use super::errors::RaftError;
 use super::log::RaftLog;
-use super::progress::{Progress, ProgressState};
+use super::progress::{Progress, ProgressMap, ProgressState};
 use super::ready::{Ready, SoftState};
 use super::rng::SeededRng;
 use super::types::*;
@@ -81,7 +81,7 @@ pub struct Raft {
     snapshot: Option<Snapshot>,
 
     // Leader state. Invariant: `progress` holds exactly the members other than `id`.
-    progress: BTreeMap<NodeId, Progress>,
+    progress: ProgressMap,
     transfer_target: NodeId,
     /// New entries await sending (sent at `ready` so many proposals share one append).
     broadcast_pending: bool,
@@ -175,7 +175,7 @@ impl Raft {
             conf_index: snapshot_index,
             base_conf,
             snapshot: restore.snapshot,
-            progress: BTreeMap::new(),
+            progress: ProgressMap::new(),
             transfer_target: NO_NODE,
             broadcast_pending: false,
             commit_broadcast: 0,
@@ -1245,7 +1245,7 @@ impl Raft {
         let inflight_max = self.config.inflight_max;
         for id in self.conf.members().collect::<Vec<_>>() {
             if id != self.id {
-                self.progress.entry(id).or_insert_with(|| {
+                self.progress.get_or_insert_with(id, || {
                     let mut progress = Progress::new(next, inflight_max);
                     progress.recent_active = true;
                     progress
