@@ -104,7 +104,8 @@ impl GroupState {
 pub struct KvMachine {
     config: KvMachineConfig,
     reader: Box<dyn KvReader>,
-    groups: AHashMap<GroupId, GroupState>,
+    /// Boxed: most groups of a node are idle, and the map keeps spare capacity.
+    groups: AHashMap<GroupId, Box<GroupState>>,
     /// Drained by [`KvMachine::take_completions`]; grows by one per applied command.
     completions: Vec<Completion>,
 }
@@ -153,7 +154,7 @@ impl KvMachine {
     pub fn reset_group(&mut self, group: GroupId, snapshot_index: Index) {
         let mut state = GroupState::new(snapshot_index);
         state.snapshot_pending = Some(snapshot_index);
-        self.groups.insert(group, state);
+        self.groups.insert(group, Box::new(state));
     }
 
     /// The replica was removed from this node: drop its state.
@@ -197,7 +198,7 @@ impl StateMachine for KvMachine {
         let state = self
             .groups
             .entry(group)
-            .or_insert_with(|| GroupState::new(entry.index - 1));
+            .or_insert_with(|| Box::new(GroupState::new(entry.index - 1)));
         assert!(
             entry.index > state.last_index,
             "group {group}: entry {} applied after entry {}",

@@ -363,7 +363,8 @@ impl Raft {
         self.leader = NO_NODE;
         self.heartbeat_elapsed = 0;
         self.reset_election_timer();
-        self.votes.clear();
+        // Freed, not cleared: elections are rare, idle replicas are many.
+        self.votes = Vec::new();
         self.progress.clear();
         self.transfer_target = NO_NODE;
         self.broadcast_pending = false;
