@@ -297,4 +297,24 @@ mod tests {
         progress.become_probe();
         assert_eq!(progress.next_index, 51);
     }
+
+    #[test]
+    fn progress_map_stays_sorted_and_replaces_on_insert() {
+        let mut map = ProgressMap::new();
+        for id in [5, 2, 9, 2] {
+            map.insert(id, Progress::new(id, 4));
+        }
+        assert_eq!(map.keys().copied().collect::<Vec<_>>(), vec![2, 5, 9]);
+        assert_eq!(map[&2].next_index, 2);
+        map.get_or_insert_with(7, || Progress::new(70, 4));
+        map.get_or_insert_with(7, || unreachable!("present already"));
+        assert_eq!(map[&7].next_index, 70);
+        map.retain(|&id, _| id != 5);
+        assert!(!map.contains_key(&5));
+        assert_eq!(
+            map.iter().map(|(&id, _)| id).collect::<Vec<_>>(),
+            vec![2, 7, 9]
+        );
+        assert!(map.get(&3).is_none());
+    }
 }
