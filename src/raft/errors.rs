@@ -27,6 +27,8 @@ pub enum RaftError {
     WrongGroup { expected: u64, got: u64 },
     #[error("message for node {got} delivered to node {expected}")]
     WrongNode { expected: NodeId, got: NodeId },
+    #[error("invalid message from {from}: {why}")]
+    InvalidMessage { from: NodeId, why: &'static str },
     #[error("invalid config: {0}")]
     InvalidConfig(String),
     #[error("invalid restored state: {0}")]

@@ -596,6 +596,19 @@ impl Raft {
                 got: message.to,
             });
         }
+        if let MessageBody::Append { entries, .. } = &message.body {
+            // Refused here rather than trusted: a configuration entry this node cannot decode
+            // would stop it later, when the configuration is recomputed from the log.
+            let bad_conf = entries
+                .iter()
+                .any(|e| e.kind == EntryKind::ConfChange && ConfState::decode(&e.data).is_none());
+            if bad_conf {
+                return Err(RaftError::InvalidMessage {
+                    from: message.from,
+                    why: "undecodable configuration entry",
+                });
+            }
+        }
         if message.term > self.term {
             let is_vote_request = matches!(message.body, MessageBody::PreVote { .. })
                 || matches!(message.body, MessageBody::Vote { force: false, .. });

@@ -222,10 +222,15 @@ async fn run_core(
         let state = state.clone();
         glommio::spawn_local(async move {
             while let Some(batch) = inbound.recv().await {
-                let _rejected = state
-                    .shard
-                    .borrow_mut()
-                    .receive(batch.from_node, batch.messages);
+                let from = batch.from_node;
+                let rejected = state.shard.borrow_mut().receive(from, batch.messages);
+                if let Some((group, error)) = rejected.first() {
+                    // Bad peer input is refused message by message; say so once per frame.
+                    eprintln!(
+                        "kahuna: refused {} message(s) from node {from}: group {group}: {error}",
+                        rejected.len()
+                    );
+                }
                 state.ring();
             }
         })
