@@ -6,69 +6,22 @@
 //! keys spread over all partitions succeed through every node. Waits on conditions with
 //! generous deadlines, never on fixed sleeps.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
 use kahuna::client::{Client, Connection};
 use kahuna::proto::client::{ErrorCode, Op, Reply, Request};
 use kahuna::server::placement::{core_of, partition_of};
-use kahuna::server::playground::{wait_for_leaders, PlaygroundConfig};
+use kahuna::server::playground::wait_for_leaders;
+use support::cluster::{stale_get_on, ProcessCluster};
 
 const PARTITIONS: u64 = 16;
 const CORES: usize = 2;
 /// Connections opened to each node: the kernel spreads them over the node's cores.
 const CONNECTIONS_PER_NODE: usize = 6;
-
-struct Cluster {
-    config: PlaygroundConfig,
-    children: BTreeMap<u64, Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(base_port: u16) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let config = PlaygroundConfig {
-            nodes: 3,
-            data_dir: dir.path().to_path_buf(),
-            base_port,
-            cores: CORES,
-            partitions: PARTITIONS,
-            storage: "rocksdb".into(),
-            extra_serve_args: Vec::new(),
-        };
-        let mut children = BTreeMap::new();
-        for node in 1..=3 {
-            let child = Command::new(env!("CARGO_BIN_EXE_kahuna"))
-                .args(config.serve_args(node))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start kahuna serve");
-            children.insert(node, child);
-        }
-        Cluster {
-            config,
-            children,
-            _dir: dir,
-        }
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        (1..=3).map(|n| self.config.client_addr(n)).collect()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 /// One key of every partition, so both cores of every node are addressed.
 fn key_per_partition() -> BTreeMap<u64, String> {
@@ -85,27 +38,9 @@ fn key_per_partition() -> BTreeMap<u64, String> {
     unreachable!()
 }
 
-fn stale_get(
-    connection: &mut Connection,
-    request_id: u64,
-    key: &str,
-) -> kahuna::proto::client::Response {
-    let request = Request {
-        request_id,
-        client_id: 0,
-        sequence: 0,
-        cluster_id: 0,
-        op: Op::Get {
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            stale_ok: true,
-        },
-    };
-    connection.call(&request).expect("the node answers")
-}
-
 #[test]
 fn two_cores_per_node_serve_every_partition_through_every_node() {
-    let cluster = Cluster::start(17600);
+    let cluster = ProcessCluster::start(17600, PARTITIONS, CORES, Vec::new());
     assert!(
         wait_for_leaders(&cluster.endpoints(), PARTITIONS, Duration::from_secs(60)),
         "every partition elects a leader"
@@ -144,7 +79,8 @@ fn two_cores_per_node_serve_every_partition_through_every_node() {
             let mut connection =
                 Connection::connect(&addr, Duration::from_secs(2)).expect("connect");
             for (partition, key) in &keys {
-                let response = stale_get(&mut connection, *partition + 1, key);
+                let response = stale_get_on(&mut connection, *partition + 1, key.as_bytes())
+                    .expect("the node answers");
                 assert_eq!(
                     response.error,
                     ErrorCode::NotFound,

@@ -4,136 +4,22 @@
 //! replica ends with the same data. Waits on conditions with generous deadlines, never on
 //! fixed sleeps.
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use kahuna::client::Client;
-use kahuna::proto::client::{ErrorCode, Op, Reply};
+use kahuna::proto::client::{ErrorCode, Reply};
 use kahuna::server::placement::partition_of;
-use kahuna::server::playground::{wait_for_leaders, PlaygroundConfig};
+use kahuna::server::playground::wait_for_leaders;
+use support::cluster::{wait_until, ProcessCluster};
 
 const PARTITIONS: u64 = 16;
 
-struct Cluster {
-    config: PlaygroundConfig,
-    children: BTreeMap<u64, Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    fn start(base_port: u16) -> Cluster {
-        Cluster::start_with(base_port, Vec::new())
-    }
-
-    fn start_with(base_port: u16, extra_serve_args: Vec<String>) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let config = PlaygroundConfig {
-            nodes: 3,
-            data_dir: dir.path().to_path_buf(),
-            base_port,
-            cores: 1,
-            partitions: PARTITIONS,
-            storage: "rocksdb".into(),
-            extra_serve_args,
-        };
-        let mut cluster = Cluster {
-            config,
-            children: BTreeMap::new(),
-            _dir: dir,
-        };
-        for node in 1..=3 {
-            cluster.start_node(node);
-        }
-        cluster
-    }
-
-    fn start_node(&mut self, node: u64) {
-        let child = Command::new(env!("CARGO_BIN_EXE_kahuna"))
-            .args(self.config.serve_args(node))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start kahuna serve");
-        self.children.insert(node, child);
-    }
-
-    fn kill9(&mut self, node: u64) {
-        let mut child = self.children.remove(&node).expect("node running");
-        child.kill().expect("SIGKILL");
-        let _ = child.wait();
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        (1..=3).map(|n| self.config.client_addr(n)).collect()
-    }
-
-    /// The node currently leading `partition`, from the nodes' own status reports.
-    fn leader_of(&self, partition: u64) -> Option<u64> {
-        let mut client = Client::new(self.endpoints());
-        for node in self.children.keys() {
-            let Ok(response) = client.status_of(&self.config.client_addr(*node)) else {
-                continue;
-            };
-            let Some(Reply::Status(status)) = response.reply else {
-                continue;
-            };
-            for p in status.partitions {
-                if p.partition == partition && p.role == kahuna::raft::Role::Leader {
-                    return Some(status.node_id);
-                }
-            }
-        }
-        None
-    }
-
-    fn stale_get(&self, node: u64, key: &[u8]) -> Option<Bytes> {
-        let mut connection = kahuna::client::Connection::connect(
-            &self.config.client_addr(node),
-            Duration::from_secs(2),
-        )
-        .ok()?;
-        let request = kahuna::proto::client::Request {
-            request_id: 1,
-            client_id: 0,
-            sequence: 0,
-            cluster_id: 0,
-            op: Op::Get {
-                key: Bytes::copy_from_slice(key),
-                stale_ok: true,
-            },
-        };
-        match connection.call(&request).ok()?.reply {
-            Some(Reply::Value { value, .. }) => Some(value),
-            _ => None,
-        }
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for child in self.children.values_mut() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if condition() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out after {timeout:?} waiting for: {what}");
-}
-
 #[test]
 fn three_nodes_elect_replicate_fail_over_and_catch_up() {
-    let mut cluster = Cluster::start(17400);
+    let mut cluster = ProcessCluster::start(17400, PARTITIONS, 1, Vec::new());
     assert!(
         wait_for_leaders(&cluster.endpoints(), PARTITIONS, Duration::from_secs(60)),
         "every partition elects a leader"
@@ -201,7 +87,12 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
 fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     // Logs compact every 20 entries, so a node that misses a few hundred writes can only catch
     // up from snapshots of its partitions' data; then the whole cluster restarts from them.
-    let mut cluster = Cluster::start_with(17500, vec!["--compact-after".into(), "20".into()]);
+    let mut cluster = ProcessCluster::start(
+        17500,
+        PARTITIONS,
+        1,
+        vec!["--compact-after".into(), "20".into()],
+    );
     assert!(wait_for_leaders(
         &cluster.endpoints(),
         PARTITIONS,
