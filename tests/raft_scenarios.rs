@@ -660,3 +660,47 @@ fn a_follower_forgets_a_leader_that_campaigns() {
         Some(data("lost-on-1"))
     );
 }
+
+#[test]
+fn a_follower_told_its_leader_is_unreachable_campaigns_within_one_timeout() {
+    // The scheduler calls this once the leader's node has been silent for an election timeout:
+    // the follower must not wait a whole randomized timeout again.
+    let mut cluster = Cluster::new(3, |config| {
+        config.pre_vote = true;
+        config.check_quorum = true;
+        config.append_bytes_max = 1 << 20;
+    });
+    cluster.elect(1);
+    cluster.isolate(1);
+    // Every follower's node noticed the silence (each scheduler calls this for its replica).
+    for id in [2, 3] {
+        cluster.node(id).leader_unreachable();
+        assert_eq!(cluster.nodes[&id].leader(), NO_NODE);
+    }
+    let election_ticks = 10;
+    let mut campaigned_after = None;
+    for tick in 1..=election_ticks {
+        for id in [2, 3] {
+            cluster.node(id).tick();
+        }
+        if [2, 3]
+            .iter()
+            .any(|id| cluster.nodes[id].role() != Role::Follower)
+        {
+            campaigned_after = Some(tick);
+            break;
+        }
+    }
+    assert!(
+        campaigned_after.is_some(),
+        "a follower campaigns within one election timeout"
+    );
+    cluster.settle();
+    let new_leader = [2, 3]
+        .into_iter()
+        .find(|&id| cluster.nodes[&id].is_leader());
+    assert!(
+        new_leader.is_some(),
+        "nodes 2 and 3 elect a leader without node 1"
+    );
+}
