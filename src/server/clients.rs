@@ -51,16 +51,29 @@ pub struct Serving {
     pub router: Rc<Router>,
 }
 
+/// Client connections one core serves at once: with at most `REQUESTS_IN_FLIGHT_MAX` requests
+/// each, this bounds the memory of waiting requests. Connections beyond it are closed at once.
+pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
+
 pub async fn serve_clients(listener: TcpListener, serving: Serving) {
+    let open = Rc::new(Cell::new(0usize));
     loop {
         match listener.accept().await {
             Ok(stream) => {
+                if open.get() >= CLIENT_CONNECTIONS_MAX {
+                    eprintln!("kahuna: refusing a client connection: {CLIENT_CONNECTIONS_MAX} already open on this core");
+                    drop(stream);
+                    continue;
+                }
+                open.set(open.get() + 1);
                 let _ = stream.set_nodelay(true);
                 let serving = serving.clone();
+                let open = open.clone();
                 glommio::spawn_local(async move {
                     if let Err(reason) = serve_connection(stream, serving).await {
                         eprintln!("kahuna: client connection closed: {reason}");
                     }
+                    open.set(open.get() - 1);
                 })
                 .detach();
             }
