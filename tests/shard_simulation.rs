@@ -10,6 +10,9 @@
 //! `cargo test --test shard_simulation` runs fixed seeds; `KAHUNA_SHARD_SIM_SEEDS=N` runs N
 //! fresh ones; `KAHUNA_SHARD_SIM_SEED=S` replays one.
 
+mod sim;
+
+use sim::{entry_hash, mix, Dice};
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
@@ -25,22 +28,6 @@ struct DigestMachine {
     digests: HashMap<GroupId, (Index, u64)>,
 }
 
-fn mix(mut h: u64, value: u64) -> u64 {
-    h ^= value
-        .wrapping_add(0x9E37_79B9_7F4A_7C15)
-        .wrapping_add(h << 6)
-        .wrapping_add(h >> 2);
-    h.wrapping_mul(0xff51_afd7_ed55_8ccd)
-}
-
-fn entry_hash(entry: &Entry) -> u64 {
-    let mut h = mix(entry.index, entry.term);
-    for byte in entry.data.iter() {
-        h = mix(h, *byte as u64);
-    }
-    h
-}
-
 impl StateMachine for DigestMachine {
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>) {
         let state = self.digests.entry(group).or_insert((0, 0));
@@ -52,17 +39,6 @@ impl StateMachine for DigestMachine {
             key: Bytes::from_static(DIGEST_KEY),
             value: Bytes::from(value),
         });
-    }
-}
-
-struct Dice(SeededRng);
-
-impl Dice {
-    fn chance(&mut self, p: f64) -> bool {
-        (self.0.next_u64() >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.0.range(0, n.max(1))
     }
 }
 
@@ -113,7 +89,7 @@ fn raft_config() -> Config {
 
 impl Sim {
     fn new(seed: u64) -> Sim {
-        let mut dice = Dice(SeededRng::new(seed));
+        let mut dice = Dice::new(seed);
         let node_count = 3 + dice.below(3);
         let groups = 2 + dice.below(7);
         let ids: Vec<NodeId> = (1..=node_count).collect();

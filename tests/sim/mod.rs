@@ -130,7 +130,8 @@ struct StateMachine {
     digest: u64,
 }
 
-fn mix(mut h: u64, value: u64) -> u64 {
+/// One step of the hash chains the simulators use to compare what replicas applied.
+pub fn mix(mut h: u64, value: u64) -> u64 {
     h ^= value
         .wrapping_add(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(h << 6)
@@ -138,7 +139,8 @@ fn mix(mut h: u64, value: u64) -> u64 {
     h.wrapping_mul(0xff51_afd7_ed55_8ccd)
 }
 
-fn entry_hash(entry: &Entry) -> u64 {
+/// A hash of everything that identifies an entry (index, term, kind, data).
+pub fn entry_hash(entry: &Entry) -> u64 {
     let mut h = mix(entry.index, entry.term);
     h = mix(h, entry.kind as u64);
     for chunk in entry.data.chunks(8) {
