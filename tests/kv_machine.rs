@@ -8,8 +8,8 @@ use std::rc::Rc;
 
 use bytes::Bytes;
 use kahuna::kv::{
-    session_key, Command, Completion, KvMachine, KvMachineConfig, KvReader, Op, Outcome, ReadError,
-    Rejection, Session, StoredValue, ValueMeta, SESSIONS_END, SESSIONS_START,
+    fetch_blocking, session_key, Command, Completion, KvMachine, KvMachineConfig, KvReader, Op,
+    Outcome, ReadError, Rejection, Session, StoredValue, ValueMeta, SESSIONS_END, SESSIONS_START,
 };
 use kahuna::raft::{Entry, EntryKind, GroupId, Index};
 use kahuna::shard::StateMachine;
@@ -51,6 +51,10 @@ struct Replica {
     last_index: HashMap<GroupId, Index>,
     /// Ops applied but not yet written to `data` (a batch in flight).
     in_flight: Vec<(GroupId, Index, Vec<KvOp>)>,
+    /// Prefetch mode (as on a node): reads are fetched before the apply, never during it.
+    prefetch: bool,
+    /// Fetches performed (prefetch mode).
+    fetches: usize,
 }
 
 impl Replica {
@@ -63,16 +67,50 @@ impl Replica {
             data,
             last_index: HashMap::new(),
             in_flight: Vec::new(),
+            prefetch: false,
+            fetches: 0,
         }
+    }
+
+    fn prefetching(config: KvMachineConfig) -> Replica {
+        let mut replica = Replica::new(config.clone());
+        replica.machine = KvMachine::prefetching(config);
+        replica.prefetch = true;
+        replica
     }
 
     /// Loses all memory, keeps the store (whose writes are all flushed first).
     fn restart(&mut self) {
         self.flush();
-        self.machine = KvMachine::new(
-            self.config.clone(),
-            Box::new(ModelReader(self.data.clone())),
-        );
+        self.machine = if self.prefetch {
+            KvMachine::prefetching(self.config.clone())
+        } else {
+            KvMachine::new(
+                self.config.clone(),
+                Box::new(ModelReader(self.data.clone())),
+            )
+        };
+    }
+
+    /// Prefetch mode: asks until the machine can apply `entry`, performing its fetches. The
+    /// batches in flight land between a fetch being issued and read when `flush_between`.
+    fn fetch_for(&mut self, group: GroupId, entry: &Entry, flush_between: bool) {
+        for _ in 0..4 {
+            if self.machine.can_apply(group, entry) {
+                return;
+            }
+            let fetches = self.machine.take_fetches();
+            assert!(!fetches.is_empty(), "a refused entry queues a fetch");
+            if flush_between {
+                self.flush();
+            }
+            for fetch in fetches {
+                let fetched = fetch_blocking(&ModelReader(self.data.clone()), fetch).unwrap();
+                self.fetches += 1;
+                self.machine.fill(fetched);
+            }
+        }
+        panic!("entry {} still cannot apply after its fetches", entry.index);
     }
 
     /// Applies one entry without writing its ops.
@@ -85,6 +123,10 @@ impl Replica {
             kind,
             data,
         };
+        if self.prefetch {
+            let flush_between = entry.index % 2 == 0;
+            self.fetch_for(group, &entry, flush_between);
+        }
         let mut ops = Vec::new();
         self.machine.apply(group, &entry, &mut ops);
         self.in_flight.push((group, entry.index, ops.clone()));
@@ -521,29 +563,113 @@ proptest! {
     fn replicas_apply_identically(steps in proptest::collection::vec(step(), 1..80)) {
         let mut steady = Replica::new(KvMachineConfig { sessions_max: 3, cache_keys_max: 64 });
         let mut bumpy = Replica::new(KvMachineConfig { sessions_max: 3, cache_keys_max: 1 });
+        // As on a node: reads fetched ahead, a tiny cache, batches landing at odd moments.
+        let mut fetching =
+            Replica::prefetching(KvMachineConfig { sessions_max: 3, cache_keys_max: 1 });
         let mut steady_log = Vec::new();
         let mut bumpy_log = Vec::new();
+        let mut fetching_log = Vec::new();
         let mut steady_completions = Vec::new();
         let mut bumpy_completions = Vec::new();
+        let mut fetching_completions = Vec::new();
         for (position, step) in steps.into_iter().enumerate() {
             match step {
-                Step::Restart => bumpy.restart(),
+                Step::Restart => {
+                    bumpy.restart();
+                    fetching.restart();
+                }
                 Step::Command(group, command) => {
                     let data = command.encode().unwrap();
                     steady_log.push(steady.apply_entry(group, EntryKind::Normal, data.clone()));
                     steady.flush();
-                    bumpy_log.push(bumpy.apply_entry(group, EntryKind::Normal, data));
+                    bumpy_log.push(bumpy.apply_entry(group, EntryKind::Normal, data.clone()));
                     if position % 3 == 0 {
                         bumpy.flush();
+                    }
+                    fetching_log.push(fetching.apply_entry(group, EntryKind::Normal, data));
+                    if position % 4 == 1 {
+                        fetching.flush();
                     }
                 }
             }
             steady_completions.extend(steady.machine.take_completions());
             bumpy_completions.extend(bumpy.machine.take_completions());
+            fetching_completions.extend(fetching.machine.take_completions());
         }
         bumpy.flush();
+        fetching.flush();
         prop_assert_eq!(&steady_log, &bumpy_log);
         prop_assert_eq!(&steady_completions, &bumpy_completions);
         prop_assert_eq!(&*steady.data.borrow(), &*bumpy.data.borrow());
+        prop_assert_eq!(&steady_log, &fetching_log);
+        prop_assert_eq!(&steady_completions, &fetching_completions);
+        prop_assert_eq!(&*steady.data.borrow(), &*fetching.data.borrow());
     }
+}
+
+#[test]
+fn prefetch_mode_reads_nothing_during_apply_and_fetches_what_it_needs() {
+    let mut replica = Replica::prefetching(KvMachineConfig {
+        sessions_max: 4,
+        cache_keys_max: 1,
+    });
+    let mut writer = Replica::new(KvMachineConfig::default());
+    // Data written before this machine existed (as after a restart).
+    writer.outcome(1, &put("a", "1"));
+    replica.data = writer.data.clone();
+    replica.last_index.insert(1, 1);
+    replica.restart();
+    // The key is not in memory: the first answer is no, with one fetch for it.
+    let command = with_session(cas("a", 1, "2"), 7, 1);
+    let entry = Entry {
+        index: 2,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: command.encode().unwrap(),
+    };
+    assert!(!replica.machine.can_apply(1, &entry));
+    // Asking again while the fetch is queued adds nothing.
+    assert!(!replica.machine.can_apply(1, &entry));
+    let fetches = replica.machine.take_fetches();
+    assert_eq!(fetches.len(), 1);
+    assert_eq!(fetches[0].keys, vec![key("a")]);
+    assert!(
+        fetches[0].sessions,
+        "a session command needs the session table"
+    );
+    // While it is out, nothing more is queued.
+    assert!(!replica.machine.can_apply(1, &entry));
+    assert!(replica.machine.take_fetches().is_empty());
+    let fetched = fetch_blocking(&ModelReader(replica.data.clone()), fetches[0].clone()).unwrap();
+    replica.machine.fill(fetched);
+    assert!(replica.machine.can_apply(1, &entry));
+    assert_eq!(
+        replica.outcome(1, &command),
+        Outcome::Applied { revision: 2 },
+        "decided against the fetched revision"
+    );
+}
+
+#[test]
+fn a_fill_for_a_replaced_group_state_is_dropped() {
+    let mut replica = Replica::prefetching(KvMachineConfig::default());
+    let entry = Entry {
+        index: 1,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: put("a", "1").encode().unwrap(),
+    };
+    assert!(!replica.machine.can_apply(1, &entry));
+    let fetches = replica.machine.take_fetches();
+    // A snapshot replaces the group's data before the fetch comes back.
+    replica.machine.reset_group(1, 5);
+    replica.machine.persisted(1, 5);
+    let stale = fetch_blocking(&ModelReader(replica.data.clone()), fetches[0].clone()).unwrap();
+    replica.machine.fill(stale);
+    let later = Entry { index: 6, ..entry };
+    assert!(
+        !replica.machine.can_apply(1, &later),
+        "the stale fill must not satisfy the new state"
+    );
+    assert_eq!(replica.machine.take_fetches().len(), 1, "it asks again");
 }

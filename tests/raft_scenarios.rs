@@ -93,12 +93,18 @@ impl Cluster {
     }
 
     /// Delivers queued messages (and what they cause) until nothing moves. Messages to down
-    /// nodes and over cut links are dropped.
+    /// nodes and over cut links are dropped. Every message must be valid.
     fn settle(&mut self) {
+        assert_eq!(self.settle_counting_refusals(), 0);
+    }
+
+    /// As `settle`, but messages a replica refuses as invalid are counted, not fatal.
+    fn settle_counting_refusals(&mut self) -> usize {
+        let mut refusals = 0;
         for _ in 0..10_000 {
             self.drain_all();
             if self.queue.is_empty() {
-                return;
+                return refusals;
             }
             let batch = std::mem::take(&mut self.queue);
             for message in batch {
@@ -107,7 +113,11 @@ impl Cluster {
                 {
                     continue;
                 }
-                self.node(message.to).step(message).unwrap();
+                match self.node(message.to).step(message) {
+                    Ok(()) => {}
+                    Err(RaftError::InvalidMessage { .. }) => refusals += 1,
+                    Err(error) => panic!("{error}"),
+                }
             }
         }
         panic!("cluster did not settle");
@@ -125,6 +135,11 @@ impl Cluster {
     }
 
     fn tick_all(&mut self, ticks: u32) {
+        assert_eq!(self.tick_all_counting_refusals(ticks), 0);
+    }
+
+    fn tick_all_counting_refusals(&mut self, ticks: u32) -> usize {
+        let mut refusals = 0;
         for _ in 0..ticks {
             let ids: Vec<NodeId> = self
                 .nodes
@@ -135,8 +150,9 @@ impl Cluster {
             for id in ids {
                 self.node(id).tick();
             }
-            self.settle();
+            refusals += self.settle_counting_refusals();
         }
+        refusals
     }
 
     fn elect(&mut self, id: NodeId) {
@@ -563,6 +579,56 @@ fn lagging_follower_catches_up_from_a_chunked_snapshot() {
     let snapshot = cluster.nodes[&3].snapshot().expect("installed a snapshot");
     assert_eq!(snapshot.data, data("state-machine-image"));
     assert_eq!(snapshot.meta.index, applied);
+}
+
+#[test]
+fn a_snapshot_failing_its_integrity_check_is_refused_before_it_replaces_the_log() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        config.snapshot_chunk_bytes = 4;
+        config.snapshot_check = Some(|image| {
+            if image.starts_with(b"sound") {
+                Ok(())
+            } else {
+                Err("damaged".into())
+            }
+        });
+    });
+    cluster.elect(1);
+    cluster.down.insert(3);
+    for i in 0..10 {
+        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
+    }
+    cluster.settle();
+    let applied = cluster.nodes[&1].applied();
+    for id in [1, 2] {
+        cluster
+            .node(id)
+            .compact(applied, data("damaged-image"))
+            .unwrap();
+    }
+    let behind = cluster.nodes[&3].status();
+    cluster.down.remove(&3);
+    let refusals = cluster.tick_all_counting_refusals(10);
+    assert!(refusals >= 1, "the damaged image was offered and refused");
+    assert!(cluster.nodes[&3].snapshot().is_none(), "nothing installed");
+    let status = cluster.nodes[&3].status();
+    assert_eq!(status.applied, behind.applied, "the log was not replaced");
+    assert_eq!(status.committed, behind.committed);
+    // Once the source has a sound image, the same follower catches up from it.
+    cluster.node(1).propose(data("after")).unwrap();
+    cluster.settle_counting_refusals();
+    let applied = cluster.nodes[&1].applied();
+    cluster
+        .node(1)
+        .compact(applied, data("sound-image"))
+        .unwrap();
+    cluster.tick_all_counting_refusals(10);
+    let snapshot = cluster.nodes[&3]
+        .snapshot()
+        .expect("installed the sound image");
+    assert_eq!(snapshot.data, data("sound-image"));
+    assert_eq!(cluster.nodes[&3].status().applied, applied);
 }
 
 #[test]

@@ -23,12 +23,43 @@ use kahuna::storage::{Backend, KvOp, MemoryBackend};
 const DIGEST_KEY: &[u8] = b"\x00digest";
 
 /// A hash chain over applied entries, stored in the group's kv data with the applied index.
-#[derive(Default)]
+///
+/// Like the node's kv machine waiting for a storage read, it refuses some entries at random
+/// (`can_apply`), and the simulated loop grants them a few iterations later: the shard must hold
+/// the group's committed entries meanwhile, keep them in order, answer reads only once they
+/// apply, and drop them when a snapshot replaces the group's data.
 struct DigestMachine {
     digests: HashMap<GroupId, (Index, u64)>,
+    dice: Dice,
+    /// Groups whose next entry was refused, waiting for a grant.
+    waiting: BTreeSet<GroupId>,
+    /// Per group: entries up to this index may apply.
+    granted: HashMap<GroupId, Index>,
+}
+
+impl DigestMachine {
+    fn new(seed: u64) -> DigestMachine {
+        DigestMachine {
+            digests: HashMap::new(),
+            dice: Dice::new(seed),
+            waiting: BTreeSet::new(),
+            granted: HashMap::new(),
+        }
+    }
 }
 
 impl StateMachine for DigestMachine {
+    fn can_apply(&mut self, group: GroupId, entry: &Entry) -> bool {
+        if self.granted.get(&group).is_some_and(|&g| entry.index <= g) {
+            return true;
+        }
+        if self.dice.chance(0.3) {
+            self.waiting.insert(group);
+            return false;
+        }
+        true
+    }
+
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>) {
         let state = self.digests.entry(group).or_insert((0, 0));
         assert_eq!(entry.index, state.0 + 1, "apply in order");
@@ -71,6 +102,14 @@ struct Sim {
     loss: f64,
     leaders: HashMap<(GroupId, Term), NodeId>,
     applied_digest: HashMap<(GroupId, Index), u64>,
+    /// The hash chain of each group after each applied index, as first seen.
+    chain: HashMap<(GroupId, Index), u64>,
+    /// What the run exercised: compactions, snapshot installs, applies held back.
+    compactions: u64,
+    restores: u64,
+    holds: u64,
+    /// Per loop iteration, the chance a waiting group is granted (short or long holds).
+    grant_chance: f64,
     proposals: BTreeMap<u64, GroupId>,
     applied_ids: HashMap<(GroupId, u64), Index>,
     next_proposal: u64,
@@ -83,6 +122,8 @@ fn raft_config() -> Config {
         election_ticks: 10,
         heartbeat_ticks: 2,
         inflight_max: 8,
+        // As on a node: an image is checked as storage will check it before it is accepted.
+        snapshot_check: Some(|image| kahuna::storage::decode_snapshot_data(image, &mut |_, _| {})),
         ..Config::default()
     }
 }
@@ -101,6 +142,7 @@ impl Sim {
             conf.insert(group, ConfState::new(voters, vec![]));
         }
         let loss = [0.0, 0.01, 0.05][dice.below(3) as usize];
+        let grant_chance = [0.5, 0.1, 0.03][dice.below(3) as usize];
         let mut sim = Sim {
             seed,
             dice,
@@ -114,6 +156,11 @@ impl Sim {
             loss,
             leaders: HashMap::new(),
             applied_digest: HashMap::new(),
+            chain: HashMap::new(),
+            compactions: 0,
+            restores: 0,
+            holds: 0,
+            grant_chance,
             proposals: BTreeMap::new(),
             applied_ids: HashMap::new(),
             next_proposal: 1,
@@ -129,11 +176,12 @@ impl Sim {
 
     fn describe(&self) -> String {
         format!(
-            "seed={} nodes={} groups={} loss={}",
+            "seed={} nodes={} groups={} loss={} grant={}",
             self.seed,
             self.nodes.len(),
             self.groups,
-            self.loss
+            self.loss,
+            self.grant_chance
         )
     }
 
@@ -141,7 +189,8 @@ impl Sim {
         let peers: Vec<NodeId> = (1..=self.node_count).filter(|&p| p != id).collect();
         let mut raft = raft_config();
         raft.seed = self.seed ^ self.now;
-        let mut shard = Shard::new(ShardConfig::new(id, peers, raft), DigestMachine::default());
+        let machine = DigestMachine::new(self.seed ^ self.now ^ id.wrapping_mul(0x51));
+        let mut shard = Shard::new(ShardConfig::new(id, peers, raft), machine);
         for (&group, conf) in &self.conf {
             if !conf.contains(id) {
                 continue;
@@ -158,10 +207,25 @@ impl Sim {
                     .digests
                     .insert(group, (index, digest));
             }
+            // A compacted group restarts from an image of its data as it stands, as the node does.
+            let (snapshot, entries) = if state.snapshot.index > 0 {
+                let (mut meta, data) = image(&backend, group);
+                if meta.conf_state.voters.is_empty() {
+                    meta.conf_state = conf.clone();
+                }
+                let entries = state
+                    .entries
+                    .into_iter()
+                    .filter(|e| e.index > meta.index)
+                    .collect();
+                (Some(Snapshot { meta, data }), entries)
+            } else {
+                (None, state.entries)
+            };
             let restore = RestoreState {
                 hard_state: state.hard_state,
-                snapshot: None,
-                entries: state.entries,
+                snapshot,
+                entries,
                 applied: state.applied_index,
                 initial_conf: conf.clone(),
             };
@@ -279,11 +343,55 @@ impl Sim {
         let node = self.nodes.get_mut(&id).unwrap();
         let mut outgoing: Vec<(NodeId, Vec<Message>)> = Vec::new();
         let mut applied = Vec::new();
+        // Grant some waiting groups their next entry (a fetch completing).
+        let waiting: Vec<GroupId> = shard_machine(&mut node.shard)
+            .waiting
+            .iter()
+            .copied()
+            .collect();
+        for group in waiting {
+            if !self.dice.chance(self.grant_chance) {
+                continue;
+            }
+            let next = node.shard.applied(group).unwrap_or(0) + 1 + self.dice.below(8);
+            let machine = shard_machine(&mut node.shard);
+            machine.waiting.remove(&group);
+            self.holds += 1;
+            machine.granted.insert(group, next);
+            node.shard.resume_apply(group);
+        }
+        let mut restored = Vec::new();
         if let Some(batch) = node.shard.collect(false) {
             node.backend.write(&batch.write).expect("write");
+            // A snapshot replaced the group's data: the machine continues from its digest.
+            for &(group, index) in &batch.restored {
+                let (at, digest) = stored_digest(&node.backend, group).expect("snapshot digest");
+                assert_eq!(at, index, "snapshot digest at the snapshot index");
+                shard_machine(&mut node.shard)
+                    .digests
+                    .insert(group, (index, digest));
+                restored.push((group, index, digest));
+                self.restores += 1;
+            }
             outgoing.extend(batch.send_now);
             applied = batch.applied;
             node.unsynced.push_back(batch.token);
+        }
+        // Compact some logs, as the node does past its threshold, from the data as written.
+        for group in node.shard.group_ids() {
+            let long = node.shard.raft(group).is_some_and(|r| r.log_len() > 6);
+            if !long || !self.dice.chance(0.05) {
+                continue;
+            }
+            let (meta, data) = image(&node.backend, group);
+            let raft = node.shard.raft(group).unwrap();
+            if meta.index < raft.first_index() || Some(meta.index) > node.shard.applied(group) {
+                continue;
+            }
+            node.shard
+                .compact(group, meta.index, data)
+                .expect("compaction at a written applied index");
+            self.compactions += 1;
         }
         if sync_now && !node.unsynced.is_empty() {
             node.backend
@@ -293,13 +401,30 @@ impl Sim {
                 outgoing.extend(node.shard.persisted(token));
             }
         }
+        for (group, index, digest) in restored {
+            self.check_digest(id, group, index, digest);
+        }
         for (group, entries) in applied {
             for entry in entries {
                 self.check_apply(id, group, &entry);
             }
+            let node = self.nodes.get_mut(&id).unwrap();
+            let (index, digest) = shard_machine(&mut node.shard).digests[&group];
+            self.check_digest(id, group, index, digest);
         }
         for (to, messages) in outgoing {
             self.send(id, to, messages);
+        }
+    }
+
+    /// Every replica's hash chain over a group's applied entries (snapshots included) agrees
+    /// at every index.
+    fn check_digest(&mut self, id: NodeId, group: GroupId, index: Index, digest: u64) {
+        let seen = *self.chain.entry((group, index)).or_insert(digest);
+        if seen != digest {
+            self.failures.push(format!(
+                "State Machine Safety: node {id} group {group} has another state at {index}"
+            ));
         }
     }
 
@@ -579,12 +704,37 @@ impl Sim {
             return Err(self.failures.join("; "));
         }
         Ok(format!(
-            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader}",
+            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader} compactions={} restores={} holds={}",
             self.describe(),
             self.proposals.len(),
-            self.slept
+            self.slept,
+            self.compactions,
+            self.restores,
+            self.holds
         ))
     }
+}
+
+/// The group's stored digest: (applied index, hash chain).
+fn stored_digest(backend: &MemoryBackend, group: GroupId) -> Option<(Index, u64)> {
+    let value = backend.kv_get(group, DIGEST_KEY).expect("kv read")?;
+    let index = u64::from_be_bytes(value[..8].try_into().unwrap());
+    let digest = u64::from_be_bytes(value[8..16].try_into().unwrap());
+    Some((index, digest))
+}
+
+/// An image of the group's kv data as written, with the position it covers.
+fn image(backend: &MemoryBackend, group: GroupId) -> (SnapshotMeta, Bytes) {
+    let (meta, chunks) = backend
+        .kv_snapshot(group, 1 << 16)
+        .expect("snapshot")
+        .read_all()
+        .expect("read snapshot");
+    let mut data = Vec::new();
+    for chunk in chunks {
+        data.extend_from_slice(&chunk);
+    }
+    (meta, Bytes::from(data))
 }
 
 fn shard_machine(shard: &mut Shard<DigestMachine>) -> &mut DigestMachine {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::cache::KeyCache;
 use super::command::{Command, Op, Session};
-use super::keys::{SESSIONS_END, SESSIONS_START};
+use super::fetch::{scan_sessions, Fetch, Fetched};
 use super::outcome::{Outcome, Rejection};
 use super::reader::KvReader;
 use super::session::{SessionRecord, SessionTable};
@@ -22,8 +22,8 @@ use crate::storage::KvOp;
 pub const SESSIONS_MAX_DEFAULT: usize = 1024;
 /// Default bound on the clean entries of one group's revision cache.
 pub const CACHE_KEYS_MAX_DEFAULT: usize = 4096;
-/// Session records read per storage call when a group's table is loaded.
-const SESSION_SCAN_PAGE_MAX: usize = 1024;
+/// Keys one group's fetch asks for at most (the held entries beyond them ask again).
+const FETCH_KEYS_MAX: usize = 256;
 
 /// Limits of a [`KvMachine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,9 +57,17 @@ pub struct Completion {
 }
 
 /// Per-group state. Invariants: `visible_index <= last_index`; every key written above
-/// `visible_index` is in `cache`; `sessions`, once loaded, equals the stored session records.
+/// `visible_index` is in `cache`; `sessions`, once loaded, equals the stored session records;
+/// a key is never both in `cache` and in `prefetched`, and every `prefetched` value is the key's
+/// current one (see the `fetch` module for why).
 #[derive(Debug)]
 struct GroupState {
+    /// Distinguishes this state from any earlier one of the same group (fills carry it).
+    epoch: u64,
+    /// A fetch for this state is out: its entries wait for the fill, no second one is queued.
+    fetching: bool,
+    /// Current values read ahead for held entries, consumed by the apply that needs them.
+    prefetched: AHashMap<Bytes, Option<ValueMeta>>,
     /// The last entry applied (any kind).
     last_index: Index,
     /// Storage reads reflect every write up to here.
@@ -72,8 +80,11 @@ struct GroupState {
 }
 
 impl GroupState {
-    fn new(applied: Index) -> GroupState {
+    fn new(applied: Index, epoch: u64) -> GroupState {
         GroupState {
+            epoch,
+            fetching: false,
+            prefetched: AHashMap::new(),
             last_index: applied,
             visible_index: applied,
             snapshot_pending: None,
@@ -85,40 +96,114 @@ impl GroupState {
 
 /// The replicated key/value state machine for every group of one core.
 ///
-/// Reading current values: the machine reads through a [`KvReader`] only what its own cache
-/// does not hold. The cache keeps every key the machine wrote until the node reports that write
-/// visible in storage ([`KvMachine::persisted`]), because the shard applies the next entries
-/// while the previous batch is still being written on the writer thread. Hence:
-/// - in tests and the simulator the reader is the backend itself (`Rc<RefCell<B>>`), and the
-///   driver calls `persisted` after each written batch;
-/// - in production the backend lives on the writer thread, so the reader must be something the
-///   reactor can call synchronously: a read-only handle to the core's engine (RocksDB allows
-///   reads from another thread). A cache miss is then one blocking point read on the reactor,
-///   at most one per put, delete or compare-and-set of a key not touched recently, plus one
-///   scan of the session range when a group first sees a session command;
-/// - if `persisted` is never called, nothing is wrong but the cache is never trimmed.
+/// Reading current values: the machine reads only what its own cache does not hold. The cache
+/// keeps every key the machine wrote until the node reports that write visible in storage
+/// ([`KvMachine::persisted`]), because the shard applies the next entries while the previous
+/// batch is still being written. Reads happen in one of two modes:
+/// - read-through ([`KvMachine::new`]): a cache miss is a synchronous read through the given
+///   [`KvReader`]. For tests and the simulator, where the reader is the backend itself
+///   (`Rc<RefCell<B>>`) and blocking is harmless;
+/// - prefetch ([`KvMachine::prefetching`]): the machine never reads. An entry whose reads are not
+///   in memory is not applied yet (`can_apply` says no) and a [`Fetch`] is queued; the node
+///   performs it off the reactor and hands the result to [`KvMachine::fill`]. See the `fetch`
+///   module. This is what a node runs: the reactor never waits on storage.
+///
+/// If `persisted` is never called, nothing is wrong but the cache is never trimmed.
 ///
 /// Fail-stop: a failed read or a damaged stored record panics (with the group, index and key).
 /// `StateMachine::apply` cannot return an error, and carrying on would apply entries to data
 /// that differs from the other replicas'. A restart resumes from the durable applied index.
 pub struct KvMachine {
     config: KvMachineConfig,
-    reader: Box<dyn KvReader>,
+    /// `None`: prefetch mode.
+    reader: Option<Box<dyn KvReader>>,
     /// Boxed: most groups of a node are idle, and the map keeps spare capacity.
     groups: AHashMap<GroupId, Box<GroupState>>,
     /// Drained by [`KvMachine::take_completions`]; grows by one per applied command.
     completions: Vec<Completion>,
+    /// Fetches queued since the last [`KvMachine::take_fetches`], at most one per group.
+    queued: AHashMap<GroupId, Fetch>,
+    /// The epoch the next group state gets.
+    next_epoch: u64,
 }
 
 impl KvMachine {
+    /// Read-through mode: cache misses read `reader` synchronously.
     pub fn new(config: KvMachineConfig, reader: Box<dyn KvReader>) -> KvMachine {
+        Self::with_reader(config, Some(reader))
+    }
+
+    /// Prefetch mode: the machine never reads; see [`KvMachine::take_fetches`].
+    pub fn prefetching(config: KvMachineConfig) -> KvMachine {
+        Self::with_reader(config, None)
+    }
+
+    fn with_reader(config: KvMachineConfig, reader: Option<Box<dyn KvReader>>) -> KvMachine {
         assert!(config.sessions_max >= 1, "sessions_max must be at least 1");
         KvMachine {
             config,
             reader,
             groups: AHashMap::new(),
             completions: Vec::new(),
+            queued: AHashMap::new(),
+            next_epoch: 1,
         }
+    }
+
+    fn new_state(&mut self, applied: Index) -> Box<GroupState> {
+        let epoch = self.next_epoch;
+        self.next_epoch += 1;
+        Box::new(GroupState::new(applied, epoch))
+    }
+
+    /// The fetches queued since the last call (prefetch mode). Perform each off the reactor
+    /// with [`crate::kv::fetch_blocking`] and hand the result to [`KvMachine::fill`]; until then
+    /// the group's held entries wait.
+    pub fn take_fetches(&mut self) -> Vec<Fetch> {
+        let mut fetches = Vec::with_capacity(self.queued.len());
+        for (group, fetch) in self.queued.drain() {
+            if let Some(state) = self.groups.get_mut(&group) {
+                if state.epoch == fetch.epoch {
+                    state.fetching = true;
+                    fetches.push(fetch);
+                }
+            }
+        }
+        fetches.sort_unstable_by_key(|fetch| fetch.group);
+        fetches
+    }
+
+    /// The answer to a fetch. Returns the group, whose held entries may now apply (the caller
+    /// marks it for the next collect). A fill for a state replaced since is dropped: its entries
+    /// ask again.
+    pub fn fill(&mut self, fetched: Fetched) -> GroupId {
+        let group = fetched.group;
+        let Some(state) = self.groups.get_mut(&group) else {
+            return group;
+        };
+        if state.epoch != fetched.epoch {
+            return group;
+        }
+        state.fetching = false;
+        for (key, stored) in fetched.values {
+            if state.cache.get(&key).is_some() {
+                continue;
+            }
+            let meta = stored.map(|bytes| {
+                ValueMeta::decode(&bytes).unwrap_or_else(|error| {
+                    panic!("group {group}: stored value of key {key:?}: {error}")
+                })
+            });
+            state.prefetched.insert(key, meta);
+        }
+        if let Some(records) = fetched.sessions {
+            if state.sessions.is_none() {
+                let table = SessionTable::load(records)
+                    .unwrap_or_else(|error| panic!("group {group}: loading sessions: {error}"));
+                state.sessions = Some(table);
+            }
+        }
+        group
     }
 
     pub fn config(&self) -> &KvMachineConfig {
@@ -152,13 +237,15 @@ impl KvMachine {
     /// it. Storage reads of the group are refused (panic) until `persisted` reports the snapshot
     /// visible, because they would see the data it replaces.
     pub fn reset_group(&mut self, group: GroupId, snapshot_index: Index) {
-        let mut state = GroupState::new(snapshot_index);
+        let mut state = self.new_state(snapshot_index);
         state.snapshot_pending = Some(snapshot_index);
-        self.groups.insert(group, Box::new(state));
+        self.queued.remove(&group);
+        self.groups.insert(group, state);
     }
 
     /// The replica was removed from this node: drop its state.
     pub fn remove_group(&mut self, group: GroupId) {
+        self.queued.remove(&group);
         self.groups.remove(&group);
     }
 
@@ -168,7 +255,11 @@ impl KvMachine {
         let Some(state) = self.groups.get(&group) else {
             return true;
         };
-        let clean = state.snapshot_pending.is_none() && state.visible_index == state.last_index;
+        let clean = state.snapshot_pending.is_none()
+            && state.visible_index == state.last_index
+            && !state.fetching
+            && state.prefetched.is_empty()
+            && !self.queued.contains_key(&group);
         if clean {
             debug_assert!(state.cache.is_clean(state.visible_index));
             self.groups.remove(&group);
@@ -193,12 +284,51 @@ impl StateMachine for KvMachine {
         self.reset_group(group, index);
     }
 
+    /// Prefetch mode: true when every read `entry` needs is in memory; otherwise queues what
+    /// it needs (into the group's one fetch, unless one is out or a snapshot is not visible
+    /// yet: the fill or `persisted` lets the shard ask again).
+    fn can_apply(&mut self, group: GroupId, entry: &Entry) -> bool {
+        if self.reader.is_some() || entry.kind != EntryKind::Normal || entry.data.is_empty() {
+            return true;
+        }
+        // An undecodable command is rejected by `apply` without reading anything.
+        let Ok(command) = Command::decode(&entry.data) else {
+            return true;
+        };
+        if !self.groups.contains_key(&group) {
+            let state = self.new_state(entry.index - 1);
+            self.groups.insert(group, state);
+        }
+        let state = self.groups.get_mut(&group).expect("inserted above");
+        let key = command.op.key();
+        let needs_key = state.cache.get(key).is_none() && !state.prefetched.contains_key(key);
+        let needs_sessions = command.session.is_some() && state.sessions.is_none();
+        if !needs_key && !needs_sessions {
+            return true;
+        }
+        if state.fetching || state.snapshot_pending.is_some() {
+            return false;
+        }
+        let epoch = state.epoch;
+        let fetch = self.queued.entry(group).or_insert_with(|| Fetch {
+            group,
+            epoch,
+            ..Fetch::default()
+        });
+        if needs_key && fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.contains(key) {
+            fetch.keys.push(key.clone());
+        }
+        fetch.sessions |= needs_sessions;
+        false
+    }
+
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>) {
         assert!(entry.index >= 1, "group {group}: entry index 0");
-        let state = self
-            .groups
-            .entry(group)
-            .or_insert_with(|| Box::new(GroupState::new(entry.index - 1)));
+        if !self.groups.contains_key(&group) {
+            let state = self.new_state(entry.index - 1);
+            self.groups.insert(group, state);
+        }
+        let state = self.groups.get_mut(&group).expect("inserted above");
         assert!(
             entry.index > state.last_index,
             "group {group}: entry {} applied after entry {}",
@@ -212,7 +342,7 @@ impl StateMachine for KvMachine {
         }
         let mut apply = Apply {
             config: &self.config,
-            reader: self.reader.as_ref(),
+            reader: self.reader.as_deref(),
             state,
             group,
             index: entry.index,
@@ -238,7 +368,8 @@ impl StateMachine for KvMachine {
 /// The application of one command to one group.
 struct Apply<'a> {
     config: &'a KvMachineConfig,
-    reader: &'a dyn KvReader,
+    /// `None`: prefetch mode, every read was fetched before the apply.
+    reader: Option<&'a dyn KvReader>,
     state: &'a mut GroupState,
     group: GroupId,
     index: Index,
@@ -340,27 +471,36 @@ impl Apply<'_> {
         }
     }
 
-    /// The key's current revisions: from the cache, else from storage.
+    /// The key's current revisions: from the cache, else what was prefetched for it (taken:
+    /// every caller puts the key in the cache), else, in read-through mode, from storage.
     fn current(&mut self, key: &Bytes) -> Option<ValueMeta> {
-        let meta = match self.state.cache.get(key) {
-            Some(meta) => meta,
-            None => {
-                self.check_readable("key");
-                let stored = self.reader.get(self.group, key).unwrap_or_else(|error| {
+        let meta = if let Some(meta) = self.state.cache.get(key) {
+            meta
+        } else if let Some(meta) = self.state.prefetched.remove(key) {
+            meta
+        } else {
+            self.check_readable("key");
+            let reader = self.reader.unwrap_or_else(|| {
+                panic!(
+                    "group {} entry {}: key {key:?} applied without being fetched \
+                     (can_apply must say yes first)",
+                    self.group, self.index
+                )
+            });
+            let stored = reader.get(self.group, key).unwrap_or_else(|error| {
+                panic!(
+                    "group {} entry {}: reading key {key:?}: {error}",
+                    self.group, self.index
+                )
+            });
+            stored.map(|bytes| {
+                ValueMeta::decode(&bytes).unwrap_or_else(|error| {
                     panic!(
-                        "group {} entry {}: reading key {key:?}: {error}",
+                        "group {} entry {}: stored value of key {key:?}: {error}",
                         self.group, self.index
                     )
-                });
-                stored.map(|bytes| {
-                    ValueMeta::decode(&bytes).unwrap_or_else(|error| {
-                        panic!(
-                            "group {} entry {}: stored value of key {key:?}: {error}",
-                            self.group, self.index
-                        )
-                    })
                 })
-            }
+            })
         };
         if let Some(meta) = meta {
             // Storage ahead of the apply means an entry is being applied twice.
@@ -391,32 +531,21 @@ impl Apply<'_> {
         self.state.sessions.as_ref().expect("loaded")
     }
 
-    /// Every stored session record, page by page (the loop ends when a page comes back short;
-    /// the number of pages is bounded by the stored records).
+    /// Every stored session record (read-through mode only).
     fn scan_sessions(&self) -> Vec<(Bytes, Bytes)> {
-        let mut records = Vec::new();
-        let mut start = SESSIONS_START.to_vec();
-        loop {
-            let page = self
-                .reader
-                .scan(self.group, &start, SESSIONS_END, SESSION_SCAN_PAGE_MAX)
-                .unwrap_or_else(|error| {
-                    panic!(
-                        "group {} entry {}: scanning sessions: {error}",
-                        self.group, self.index
-                    )
-                });
-            let full = page.len() == SESSION_SCAN_PAGE_MAX;
-            if let Some((last, _)) = page.last() {
-                // The next key after `last`.
-                start = last.to_vec();
-                start.push(0);
-            }
-            records.extend(page);
-            if !full {
-                return records;
-            }
-        }
+        let reader = self.reader.unwrap_or_else(|| {
+            panic!(
+                "group {} entry {}: sessions applied without being fetched \
+                 (can_apply must say yes first)",
+                self.group, self.index
+            )
+        });
+        scan_sessions(reader, self.group).unwrap_or_else(|error| {
+            panic!(
+                "group {} entry {}: scanning sessions: {error}",
+                self.group, self.index
+            )
+        })
     }
 
     fn check_readable(&self, what: &str) {

@@ -10,11 +10,12 @@
 //! Modules: `keys` (user and reserved key layout), `command` (the replicated command format),
 //! `value` (the stored value format), `outcome` (what applying one command did), `session` (the
 //! per-group session table), `cache` (the read-through cache of key revisions), `reader` (the read
-//! interface to storage), `machine` (the state machine), `errors`.
+//! interface to storage), `fetch` (reads done ahead, off the reactor), `machine` (the state machine), `errors`.
 
 mod cache;
 mod command;
 mod errors;
+mod fetch;
 mod keys;
 mod machine;
 mod outcome;
@@ -24,6 +25,7 @@ mod value;
 
 pub use command::{Command, Op, Session, COMMAND_FORMAT_V1, KEY_BYTES_MAX, VALUE_BYTES_MAX};
 pub use errors::{CommandError, ReadError, RecordError};
+pub use fetch::{fetch_blocking, Fetch, Fetched};
 pub use keys::{
     session_key, validate_user_key, RESERVED_PREFIX, SESSIONS_END, SESSIONS_START, USER_KEYS_START,
 };
@@ -31,6 +33,6 @@ pub use machine::{
     Completion, KvMachine, KvMachineConfig, CACHE_KEYS_MAX_DEFAULT, SESSIONS_MAX_DEFAULT,
 };
 pub use outcome::{Outcome, Rejection};
-pub use reader::KvReader;
+pub use reader::{BackendReader, KvReader};
 pub use session::SessionRecord;
 pub use value::{StoredValue, ValueMeta, VALUE_FORMAT_V1, VALUE_HEADER_BYTES};

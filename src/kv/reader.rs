@@ -63,3 +63,26 @@ fn borrow<B: ?Sized>(
         detail: "backend is mutably borrowed during apply".to_string(),
     })
 }
+
+/// A backend borrowed where blocking is allowed (the node's blocking pool).
+pub struct BackendReader<'a>(pub &'a dyn Backend);
+
+impl KvReader for BackendReader<'_> {
+    fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
+        self.0
+            .kv_get(group, key)
+            .map_err(|source| ReadError::Storage { group, source })
+    }
+
+    fn scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, ReadError> {
+        self.0
+            .kv_scan(group, start, end, limit)
+            .map_err(|source| ReadError::Storage { group, source })
+    }
+}

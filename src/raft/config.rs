@@ -14,6 +14,9 @@ pub enum SafetyFault {
     VoteWithoutLogCheck,
 }
 
+/// Verifies a received snapshot image: `Err` explains why it must not be installed.
+pub type SnapshotCheck = fn(&[u8]) -> Result<(), String>;
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub id: NodeId,
@@ -41,6 +44,10 @@ pub struct Config {
     pub pending_reads_max: usize,
     /// Seeds the election-timeout generator; same seed, same timeouts.
     pub seed: u64,
+    /// Verifies a fully received snapshot image before it is accepted (the storage layer's
+    /// frame checksums, on a node). A pure function of the bytes: the core stays deterministic.
+    /// `None`: accept any image.
+    pub snapshot_check: Option<SnapshotCheck>,
     #[doc(hidden)]
     pub safety_fault: Option<SafetyFault>,
 }
@@ -62,6 +69,7 @@ impl Default for Config {
             snapshot_bytes_max: 1 << 30,
             pending_reads_max: 4096,
             seed: 0,
+            snapshot_check: None,
             safety_fault: None,
         }
     }

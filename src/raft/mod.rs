@@ -14,7 +14,7 @@ mod replica;
 mod rng;
 mod types;
 
-pub use config::{Config, SafetyFault};
+pub use config::{Config, SafetyFault, SnapshotCheck};
 pub use errors::RaftError;
 pub use progress::ProgressState;
 pub use ready::{Ready, SoftState};

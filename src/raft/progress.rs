@@ -77,6 +77,16 @@ impl Progress {
         self.next_index = next;
     }
 
+    /// The follower refused the streamed image (it failed its integrity check): forget it and
+    /// probe from what the follower holds, paused until the next heartbeat answer, when the
+    /// leader's current image is streamed instead.
+    pub fn snapshot_refused(&mut self) {
+        debug_assert_eq!(self.state, ProgressState::Snapshot);
+        self.reset_state(ProgressState::Probe);
+        self.next_index = self.match_index + 1;
+        self.probe_sent = true;
+    }
+
     pub fn become_replicate(&mut self) {
         self.reset_state(ProgressState::Replicate);
         self.next_index = self.match_index + 1;

@@ -101,6 +101,8 @@ pub struct Raft {
     // Follower state: a snapshot being reassembled from chunks.
     // Boxed: rarely set, and every byte of an idle replica counts when a node hosts thousands.
     incoming_snapshot: Option<Box<(SnapshotMeta, Vec<u8>)>>,
+    /// Set while stepping a message found invalid deep in its handling; `step` returns it.
+    refusal: Option<RaftError>,
     snapshot_to_install: Option<Box<Snapshot>>,
 
     election_elapsed: u32,
@@ -186,6 +188,7 @@ impl Raft {
             scratch: Vec::new(),
             votes: Vec::new(),
             incoming_snapshot: None,
+            refusal: None,
             snapshot_to_install: None,
             election_elapsed: 0,
             heartbeat_elapsed: 0,
@@ -671,7 +674,12 @@ impl Raft {
                 Role::Follower => self.step_follower(message),
             },
         }
-        Ok(())
+        // A refusal found while handling the message (the message's effects, if any, were
+        // undone there) is reported to the caller like any other invalid message.
+        match self.refusal.take() {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
     }
 
     fn handle_vote_request(
@@ -876,6 +884,24 @@ impl Raft {
             return;
         }
         let (meta, buffer) = *self.incoming_snapshot.take().expect("held buffer");
+        // Checked before anything changes: an image storage would refuse to install must not
+        // replace the log (the replica would stop when writing it). The leader is told, drops
+        // the image it pinned and, after its next heartbeat round, streams its current one: a
+        // damaged source costs one transfer per heartbeat interval, not a tight loop.
+        if let Some(check) = self.config.snapshot_check {
+            if check(&buffer).is_err() {
+                self.refusal = Some(RaftError::InvalidMessage {
+                    from,
+                    why: "snapshot data fails its integrity check",
+                });
+                let body = MessageBody::SnapshotResponse {
+                    snapshot_index: meta.index,
+                    next_offset: SNAPSHOT_REFUSED,
+                };
+                self.send(from, self.term, body);
+                return;
+            }
+        }
         let index = meta.index;
         if self.log.match_term(meta.index, meta.term) {
             // We already hold the snapshot's last entry: our log covers it, fast-forward commit.
@@ -934,8 +960,12 @@ impl Raft {
                 if progress.state == ProgressState::Snapshot
                     && progress.pending_snapshot == snapshot_index
                 {
-                    progress.snapshot_offset = next_offset;
-                    self.send_snapshot_chunk(from);
+                    if next_offset == SNAPSHOT_REFUSED {
+                        progress.snapshot_refused();
+                    } else {
+                        progress.snapshot_offset = next_offset;
+                        self.send_snapshot_chunk(from);
+                    }
                 }
             }
             _ => {}

@@ -15,6 +15,9 @@ pub type Index = u64;
 
 /// The node id that means "nobody" (no vote cast, no leader known).
 pub const NO_NODE: NodeId = 0;
+/// `SnapshotResponse::next_offset` meaning the follower refused the whole image (it failed the
+/// integrity check of `Config::snapshot_check`) and the leader should drop it.
+pub const SNAPSHOT_REFUSED: u64 = u64::MAX;
 
 /// What an entry carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -362,7 +362,8 @@ fn status(core: &CoreState, view: &ClusterView) -> NodeStatus {
                 leader: status.leader,
                 term: status.term,
                 commit_index: status.committed,
-                applied_index: status.applied,
+                // What the state machine applied, not what Raft handed out (held entries).
+                applied_index: shard.applied(group).unwrap_or(status.applied),
             })
         })
         .collect();

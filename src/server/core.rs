@@ -1,12 +1,14 @@
 //! One core of a node: its shard of Raft groups, its storage writer, its peer transport and its
 //! client requests, all on one glommio executor. The loop: feed what arrived into the shard,
 //! tick on the timer, collect ONE batch for every group with work, send the leader's messages,
-//! write the batch off the reactor (one sync), then release what waited for durability and
-//! answer the clients whose entries applied.
+//! and hand the batch to the core's writer task, which writes it off the reactor (one sync),
+//! then releases what waited for durability and answers the clients whose entries applied.
+//! Up to `PIPELINE_DEPTH` batches are in flight: the next one is collected and its messages
+//! sent while the previous one syncs.
 //!
 //! Per-core state is `Rc<RefCell<..>>`; no borrow is ever held across an `.await`.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -15,9 +17,9 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::storage_writer::StorageWriter;
-use crate::kv::{KvMachine, Outcome};
+use crate::kv::{Completion, KvMachine, Outcome};
 use crate::raft::{GroupId, Index, NodeId, Role, Term};
-use crate::shard::Shard;
+use crate::shard::{Shard, ShardBatch};
 use crate::transport::PeerTransport;
 
 /// How long a client waits for its write to apply before the node answers Timeout.
@@ -158,6 +160,19 @@ pub enum ProposeFailure {
     Timeout,
 }
 
+/// Batches collected and not yet written and released, at most. The loop collects and sends
+/// batch k+1 (a leader's appends go out at once) while batch k is being written, so a
+/// follower's sync overlaps the leader's; writes themselves stay one at a time, in order.
+const PIPELINE_DEPTH: usize = 2;
+
+/// One collected batch on its way through the writer, with the outcomes of the entries it
+/// applied (taken from the state machine when it was collected, so a later batch's outcomes
+/// never mix in).
+struct Collected {
+    batch: ShardBatch,
+    completions: Vec<Completion>,
+}
+
 /// The core's main loop. Never returns while the node runs.
 pub async fn run_loop(
     state: Rc<CoreState>,
@@ -167,9 +182,12 @@ pub async fn run_loop(
 ) {
     let mut next_tick = Instant::now() + tick;
     let mut next_compaction = Instant::now() + COMPACTION_INTERVAL;
-    let compacting = Rc::new(std::cell::Cell::new(false));
-    // Reads confirmed by a quorum but not yet applied locally: (context, group, index).
-    let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
+    let compacting = Rc::new(Cell::new(false));
+    // Invariant: `in_flight` counts the batches sent into `pipe` and not yet fully released
+    // by the writer; it never exceeds PIPELINE_DEPTH, the channel's capacity.
+    let in_flight = Rc::new(Cell::new(0usize));
+    let (pipe, collected) = local_channel::new_bounded(PIPELINE_DEPTH);
+    glommio::spawn_local(write_batches(state.clone(), collected, in_flight.clone())).detach();
     loop {
         let now = Instant::now();
         if now >= next_tick {
@@ -179,51 +197,30 @@ pub async fn run_loop(
                 let _ = state.transport.send(peer, Vec::new());
             }
         }
-        let batch = state.shard.borrow_mut().collect(true);
-        let worked = batch.is_some();
-        if let Some(batch) = batch {
-            for (peer, messages) in batch.send_now {
-                let _ = state.transport.send(peer, messages);
-            }
-            // Nothing to write: every earlier batch is already durable (they are written one
-            // after the other), so this one is too, without a sync.
-            if !batch.write.is_empty() {
-                if let Err(error) = state.storage.write(batch.write).await {
-                    // A failed write leaves the log in an unknown state: stop serving rather
-                    // than acknowledge anything that may not be durable.
-                    eprintln!(
-                        "kahuna: core {}: storage write failed, stopping the node: {error}",
-                        state.core
-                    );
-                    std::process::exit(70);
+        let mut worked = false;
+        // A full pipeline: leave the work for the next batch (it grows, which is the point),
+        // keep ticking, and wait for the writer's ring.
+        if in_flight.get() < PIPELINE_DEPTH {
+            let collected_batch = {
+                let mut shard = state.shard.borrow_mut();
+                shard.collect(true).map(|batch| Collected {
+                    batch,
+                    completions: shard.state_machine_mut().take_completions(),
+                })
+            };
+            start_fetches(&state);
+            if let Some(mut collected_batch) = collected_batch {
+                worked = true;
+                for (peer, messages) in std::mem::take(&mut collected_batch.batch.send_now) {
+                    let _ = state.transport.send(peer, messages);
                 }
-            }
-            let after = state.shard.borrow_mut().persisted(batch.token);
-            for (peer, messages) in after {
-                let _ = state.transport.send(peer, messages);
-            }
-            complete_writes(&state, &batch.restored, &batch.applied);
-            for (_group, context) in batch.dropped_reads {
-                if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
-                    let _ = sender.try_send(None);
+                in_flight.set(in_flight.get() + 1);
+                assert!(in_flight.get() <= PIPELINE_DEPTH);
+                if pipe.send(collected_batch).await.is_err() {
+                    return;
                 }
-            }
-            for (group, read) in batch.read_states {
-                parked_reads.push((read.context, group, read.index));
             }
         }
-        // Release reads whose index is applied (the apply was in a batch now durable). Done on
-        // every iteration: under constant load the loop may never be idle.
-        parked_reads.retain(|&(context, group, index)| {
-            let applied = state.shard.borrow().raft(group).map_or(0, |r| r.applied());
-            if applied < index {
-                return true;
-            }
-            if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
-                let _ = sender.try_send(Some(index));
-            }
-            false
-        });
         // Compaction runs beside the loop (its reads go to the blocking pool), so a long pass
         // never stops ticks, heartbeats or writes.
         if Instant::now() >= next_compaction && !compacting.get() {
@@ -247,6 +244,96 @@ pub async fn run_loop(
         })
         .await;
     }
+}
+
+/// The writer: writes each collected batch in order (one atomic write, one sync), then releases
+/// what waited for it: messages sent only once durable, clients whose entries applied, reads
+/// whose read point is now in storage.
+async fn write_batches(
+    state: Rc<CoreState>,
+    collected: LocalReceiver<Collected>,
+    in_flight: Rc<Cell<usize>>,
+) {
+    // Reads confirmed by a quorum but not yet applied and written locally: (context, group,
+    // index).
+    let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
+    while let Some(Collected { batch, completions }) = collected.recv().await {
+        // Nothing to write: every earlier batch is written first (this task writes them in
+        // order), so this one is as durable as they are, without a sync.
+        if !batch.write.is_empty() {
+            if let Err(error) = state.storage.write(batch.write).await {
+                // A failed write leaves the log in an unknown state: stop serving rather than
+                // acknowledge anything that may not be durable.
+                eprintln!(
+                    "kahuna: core {}: storage write failed, stopping the node: {error}",
+                    state.core
+                );
+                std::process::exit(70);
+            }
+        }
+        let after = state.shard.borrow_mut().persisted(batch.token);
+        for (peer, messages) in after {
+            let _ = state.transport.send(peer, messages);
+        }
+        complete_writes(&state, &batch.restored, &batch.applied, completions);
+        for (_group, context) in batch.dropped_reads {
+            if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
+                let _ = sender.try_send(None);
+            }
+        }
+        for (group, read) in batch.read_states {
+            parked_reads.push((read.context, group, read.index));
+        }
+        // Release reads whose index is applied in a written batch: the local read that follows
+        // then sees every write the read point covers.
+        parked_reads.retain(|&(context, group, index)| {
+            let written = state.shard.borrow().written_applied(group).unwrap_or(0);
+            if written < index {
+                return true;
+            }
+            if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
+                let _ = sender.try_send(Some(index));
+            }
+            false
+        });
+        in_flight.set(in_flight.get() - 1);
+        state.ring();
+    }
+}
+
+/// Reads the state machine asked for while collecting (keys not in its cache, session tables)
+/// on the blocking pool; the groups waiting for them resume at a later collect. At most one
+/// fetch per group is out at a time (the machine's rule), so the tasks here are bounded by the
+/// groups of the core.
+fn start_fetches(state: &Rc<CoreState>) {
+    let fetches = state.shard.borrow_mut().state_machine_mut().take_fetches();
+    if fetches.is_empty() {
+        return;
+    }
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        match state.storage.fetch(fetches).await {
+            Ok(fetched) => {
+                let mut shard = state.shard.borrow_mut();
+                for answer in fetched {
+                    let group = shard.state_machine_mut().fill(answer);
+                    shard.resume_apply(group);
+                }
+                drop(shard);
+                state.ring();
+            }
+            Err(error) => {
+                // The committed entries cannot be applied without these reads; a replica that
+                // skipped them would diverge. Stop, as for a failed write.
+                eprintln!(
+                    "kahuna: core {}: storage read for apply failed, stopping the node: {error}",
+                    state.core
+                );
+                std::process::exit(70);
+            }
+        }
+    })
+    .detach();
 }
 
 /// How often a core looks for logs to compact.
@@ -283,7 +370,7 @@ async fn compact_long_logs(state: &CoreState, compact_after: usize) {
             continue;
         };
         // Only an image at an applied index still in the log can replace that prefix.
-        if meta.index < raft.first_index() || meta.index > raft.applied() {
+        if meta.index < raft.first_index() || Some(meta.index) > shard.applied(group) {
             continue;
         }
         if let Err(error) = shard.compact(group, meta.index, data) {
@@ -299,6 +386,7 @@ fn complete_writes(
     state: &CoreState,
     restored: &[(GroupId, Index)],
     applied: &[(GroupId, Vec<crate::raft::Entry>)],
+    completions: Vec<Completion>,
 ) {
     let mut shard = state.shard.borrow_mut();
     let machine = shard.state_machine_mut();
@@ -311,7 +399,6 @@ fn complete_writes(
             machine.persisted(*group, last.index);
         }
     }
-    let completions = machine.take_completions();
     drop(shard);
     let mut outcome_at: HashMap<(GroupId, Index), Outcome> =
         HashMap::with_capacity(completions.len());

@@ -128,10 +128,12 @@ async fn run_core(
         election_ticks: ELECTION_TICKS,
         heartbeat_ticks: HEARTBEAT_TICKS,
         seed: config.id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ core as u64,
+        // A received image is checked as storage will check it, before it is accepted.
+        snapshot_check: Some(|data| crate::storage::decode_snapshot_data(data, &mut |_, _| {})),
         ..Config::default()
     };
     let peers: Vec<_> = nodes.iter().copied().filter(|&n| n != config.id).collect();
-    let machine = KvMachine::new(KvMachineConfig::default(), Box::new(storage.clone()));
+    let machine = KvMachine::prefetching(KvMachineConfig::default());
     let mut shard = Shard::new(ShardConfig::new(config.id, peers.clone(), raft), machine);
     let mut preferred = Vec::new();
     for partition in (0..config.partitions).filter(|&p| core_of(p, config.cores) == core) {

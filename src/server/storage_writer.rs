@@ -1,11 +1,13 @@
 //! Runs a core's blocking storage calls off the reactor. One backend per core, used by one
 //! call at a time (batches are written in order), on glommio's blocking thread pool: the
-//! reactor keeps serving and collecting the next batch while RocksDB or SQLite syncs.
+//! reactor keeps serving and collecting the next batch while RocksDB or SQLite syncs. Nothing
+//! here blocks the calling thread except the `_blocking` calls made at startup.
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
+use crate::kv::{fetch_blocking, BackendReader, Fetch, Fetched, ReadError};
 use crate::raft::GroupId;
 use crate::storage::{Backend, RecoveryState, Result, StorageError, WriteBatch};
 
@@ -95,45 +97,28 @@ impl StorageWriter {
             .load_group(group)
     }
 
-    /// Blocking read for the state machine's read-through on a cache miss (see kv).
-    pub fn get_blocking(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>> {
-        self.backend
-            .lock()
-            .map_err(|_| poisoned())?
-            .kv_get(group, key)
-    }
-}
-
-/// The state machine's read-through on a cache miss. This is a blocking point read on the
-/// reactor thread (the backend is shared with the writer pool behind the mutex): rare, since the
-/// machine caches every key it wrote, but a known deviation from "never block the reactor" until
-/// apply moves onto the writer thread.
-impl crate::kv::KvReader for StorageWriter {
-    fn get(
-        &self,
-        group: GroupId,
-        key: &[u8],
-    ) -> std::result::Result<Option<Bytes>, crate::kv::ReadError> {
-        self.get_blocking(group, key)
-            .map_err(|source| crate::kv::ReadError::Storage { group, source })
-    }
-
-    fn scan(
-        &self,
-        group: GroupId,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> std::result::Result<Vec<(Bytes, Bytes)>, crate::kv::ReadError> {
-        let backend = self
-            .backend
-            .lock()
-            .map_err(|_| crate::kv::ReadError::Storage {
-                group,
-                source: poisoned(),
-            })?;
-        backend
-            .kv_scan(group, start, end, limit)
-            .map_err(|source| crate::kv::ReadError::Storage { group, source })
+    /// Performs the state machine's fetches (see [`crate::kv::Fetch`]) on the blocking pool,
+    /// in one call. Behind the backend's lock, so a fetch may wait for a batch being written.
+    pub async fn fetch(&self, fetches: Vec<Fetch>) -> Result<Vec<Fetched>> {
+        let backend = self.backend.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let backend = backend.lock().map_err(|_| poisoned())?;
+                let reader = BackendReader(&**backend);
+                fetches
+                    .into_iter()
+                    .map(|fetch| {
+                        fetch_blocking(&reader, fetch).map_err(|error| match error {
+                            ReadError::Storage { source, .. } => source,
+                            ReadError::Other { group, detail } => StorageError::Io {
+                                context: format!("fetching for group {group}"),
+                                kind: std::io::ErrorKind::Other,
+                                message: detail,
+                            },
+                        })
+                    })
+                    .collect()
+            })
+            .await
     }
 }

@@ -13,7 +13,7 @@
 //!   whose leader is unknown or on a silent node wakes at the next tick;
 //! - awake groups always tick normally (heartbeats, election timers, check-quorum).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use ahash::AHashMap;
 use bytes::Bytes;
@@ -28,6 +28,14 @@ use crate::storage::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 /// Turns committed entries into key/value mutations. Deterministic: every replica applies the
 /// same entries to the same effect.
 pub trait StateMachine {
+    /// Whether `entry` (the group's next committed entry) can be applied now. A machine that
+    /// must first read something off the reactor says no (and arranges the read); the shard
+    /// then holds this entry and every later one of the group until [`Shard::resume_apply`].
+    /// May also be called for held entries further on, as a hint of what they will need.
+    fn can_apply(&mut self, _group: GroupId, _entry: &Entry) -> bool {
+        true
+    }
+
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>);
 
     /// The group's data was replaced by a snapshot at `index` (written in the same batch):
@@ -88,7 +96,19 @@ struct Slot {
     stored_conf_index: Option<Index>,
     awake: bool,
     quiet_ticks: u32,
+    /// Committed entries the Raft core handed out that the state machine cannot apply yet
+    /// (`StateMachine::can_apply`), in index order. Invariant: while non-empty the group stays
+    /// awake, so it cannot sleep with work undone.
+    held: VecDeque<Entry>,
+    /// The last entry the state machine applied (the Raft core's `applied` counts held ones).
+    applied: Index,
+    /// The last applied entry (or installed snapshot) whose batch is written
+    /// (`Shard::persisted`): what storage shows. Invariant: `written_applied <= applied`.
+    written_applied: Index,
 }
+
+/// Held entries a blocked group shows the state machine at once, so one read covers them.
+const HINT_AHEAD_MAX: usize = 64;
 
 /// Everything one loop iteration produced, for all groups of the shard.
 ///
@@ -114,6 +134,8 @@ pub struct ShardBatch {
 #[derive(Debug, Default)]
 pub struct PersistToken {
     readies: Vec<(GroupId, u64)>,
+    /// Per group applied (or restored) in the batch: the last index its data reaches.
+    applied: Vec<(GroupId, Index)>,
     after_persist: BTreeMap<NodeId, Vec<Message>>,
 }
 
@@ -179,6 +201,7 @@ impl<S: StateMachine> Shard<S> {
         config.group = group;
         config.seed ^= group.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         let raft = Raft::new(config, restore)?;
+        let applied = raft.applied();
         self.awake.insert(group);
         self.groups.insert(
             group,
@@ -187,6 +210,9 @@ impl<S: StateMachine> Shard<S> {
                 stored_conf_index: None,
                 awake: true,
                 quiet_ticks: 0,
+                held: VecDeque::new(),
+                applied,
+                written_applied: applied,
             },
         );
         self.dirty.insert(group);
@@ -205,6 +231,30 @@ impl<S: StateMachine> Shard<S> {
         let mut ids: Vec<GroupId> = self.groups.keys().copied().collect();
         ids.sort_unstable();
         ids
+    }
+
+    /// The last entry of `group` the state machine applied (reads wait for this, not for the
+    /// Raft core's applied index, which also counts held entries).
+    pub fn applied(&self, group: GroupId) -> Option<Index> {
+        self.groups.get(&group).map(|slot| slot.applied)
+    }
+
+    /// The last entry of `group` applied in a batch that is written: local reads of the
+    /// group's data see everything up to here. Linearizable reads wait for this.
+    pub fn written_applied(&self, group: GroupId) -> Option<Index> {
+        self.groups.get(&group).map(|slot| slot.written_applied)
+    }
+
+    /// Committed entries of `group` waiting for the state machine.
+    pub fn held(&self, group: GroupId) -> usize {
+        self.groups.get(&group).map_or(0, |slot| slot.held.len())
+    }
+
+    /// What `group`'s held entries waited for has arrived: try them at the next collect.
+    pub fn resume_apply(&mut self, group: GroupId) {
+        if self.groups.contains_key(&group) {
+            self.dirty.insert(group);
+        }
     }
 
     pub fn is_awake(&self, group: GroupId) -> bool {
@@ -255,6 +305,7 @@ impl<S: StateMachine> Shard<S> {
             // wakes it, or go silent, which `newly_down` handles above.)
             if hibernation
                 && slot.raft.role() == Role::Follower
+                && slot.held.is_empty()
                 && slot.raft.is_quiescent()
                 && self.liveness.is_live(slot.raft.leader())
             {
@@ -272,6 +323,7 @@ impl<S: StateMachine> Shard<S> {
             }
             if hibernation
                 && slot.raft.is_leader()
+                && slot.held.is_empty()
                 && slot.quiet_ticks >= hibernate_after
                 && slot.raft.is_quiescent()
             {
@@ -391,6 +443,19 @@ impl<S: StateMachine> Shard<S> {
             let Some(slot) = self.groups.get_mut(&group) else {
                 continue;
             };
+            let applied_before = slot.applied;
+            let restores_before = batch.restored.len();
+            // Entries held at an earlier collect first: what they waited for may have arrived.
+            if !slot.held.is_empty() {
+                if let Some((apply, entries)) =
+                    Self::apply_held(&mut self.state_machine, group, slot)
+                {
+                    let mut write = GroupWrite::new(group);
+                    write.apply = Some(apply);
+                    batch.write.push(write);
+                    batch.applied.push((group, entries));
+                }
+            }
             while slot.raft.has_ready() {
                 let ready = slot.raft.ready();
                 let mut write = GroupWrite::new(group);
@@ -399,36 +464,28 @@ impl<S: StateMachine> Shard<S> {
                 }
                 write.hard_state = ready.hard_state;
                 if let Some(snapshot) = &ready.snapshot {
-                    self.state_machine.restored(group, snapshot.meta.index);
-                    batch.restored.push((group, snapshot.meta.index));
+                    let index = snapshot.meta.index;
+                    // Raft installs a snapshot only past its commit index, so it covers every
+                    // held entry.
+                    assert!(
+                        !slot.held.back().is_some_and(|entry| entry.index > index),
+                        "group {group}: snapshot at {index} below a held entry"
+                    );
+                    slot.held.clear();
+                    slot.applied = index;
+                    self.state_machine.restored(group, index);
+                    batch.restored.push((group, index));
                 }
                 write.snapshot = ready.snapshot.map(SnapshotInstall::from);
                 write.entries = ready.entries;
-                if let Some(last) = ready.committed_entries.last() {
-                    let mut ops = Vec::new();
-                    // The membership in force at the applied index is stored with it (a group's
-                    // first apply records the initial one), so a restart from compacted state
-                    // knows its voters without the log.
-                    let mut conf_state = slot
-                        .stored_conf_index
-                        .is_none()
-                        .then(|| slot.raft.conf_state_at(last.index));
-                    for entry in &ready.committed_entries {
-                        self.state_machine.apply(group, entry, &mut ops);
-                        if entry.kind == EntryKind::ConfChange {
-                            conf_state = ConfState::decode(&entry.data);
-                        }
+                if !ready.committed_entries.is_empty() {
+                    slot.held.extend(ready.committed_entries);
+                    if let Some((apply, entries)) =
+                        Self::apply_held(&mut self.state_machine, group, slot)
+                    {
+                        write.apply = Some(apply);
+                        batch.applied.push((group, entries));
                     }
-                    if conf_state.is_some() {
-                        slot.stored_conf_index = Some(last.index);
-                    }
-                    write.apply = Some(Apply {
-                        index: last.index,
-                        term: last.term,
-                        conf_state,
-                        ops,
-                    });
-                    batch.applied.push((group, ready.committed_entries));
                 }
                 for message in ready.messages {
                     batch.send_now.entry(message.to).or_default().push(message);
@@ -452,13 +509,71 @@ impl<S: StateMachine> Shard<S> {
                     batch.write.push(write);
                 }
             }
+            if slot.applied != applied_before || batch.restored.len() != restores_before {
+                batch.token.applied.push((group, slot.applied));
+            }
         }
         Some(batch)
+    }
+
+    /// Applies `slot`'s held entries in order up to the first the state machine cannot apply
+    /// yet. Returns the storage apply and the entries applied, `None` if none was.
+    fn apply_held(
+        state_machine: &mut S,
+        group: GroupId,
+        slot: &mut Slot,
+    ) -> Option<(Apply, Vec<Entry>)> {
+        let mut applied = Vec::new();
+        let mut ops = Vec::new();
+        let mut conf_change = None;
+        while let Some(entry) = slot.held.front() {
+            if !state_machine.can_apply(group, entry) {
+                for later in slot.held.iter().skip(1).take(HINT_AHEAD_MAX) {
+                    state_machine.can_apply(group, later);
+                }
+                break;
+            }
+            let entry = slot.held.pop_front().expect("front exists");
+            debug_assert_eq!(entry.index, slot.applied + 1, "group {group}: apply order");
+            state_machine.apply(group, &entry, &mut ops);
+            if entry.kind == EntryKind::ConfChange {
+                conf_change = ConfState::decode(&entry.data);
+            }
+            slot.applied = entry.index;
+            applied.push(entry);
+        }
+        let last = applied.last()?;
+        // The membership in force at the applied index is stored with it (a group's first apply
+        // records the initial one), so a restart from compacted state knows its voters without
+        // the log.
+        let conf_state = conf_change.or_else(|| {
+            slot.stored_conf_index
+                .is_none()
+                .then(|| slot.raft.conf_state_at(last.index))
+        });
+        if conf_state.is_some() {
+            slot.stored_conf_index = Some(last.index);
+        }
+        let apply = Apply {
+            index: last.index,
+            term: last.term,
+            conf_state,
+            ops,
+        };
+        Some((apply, applied))
     }
 
     /// The batch identified by `token` is durable: advance every group and return the messages
     /// that waited for durability, per destination node.
     pub fn persisted(&mut self, token: PersistToken) -> BTreeMap<NodeId, Vec<Message>> {
+        for (group, index) in token.applied {
+            if let Some(slot) = self.groups.get_mut(&group) {
+                // Batches are written in collect order, and each carries the group's applied
+                // index as of its collect, so the last one written tells.
+                debug_assert!(index >= slot.written_applied && index <= slot.applied);
+                slot.written_applied = index;
+            }
+        }
         for (group, number) in token.readies {
             if let Some(slot) = self.groups.get_mut(&group) {
                 slot.raft.on_persisted(number);
