@@ -159,11 +159,12 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
                 let message = format!(
                     "more than {REQUESTS_IN_FLIGHT_MAX} requests in flight on this connection"
                 );
-                let _ = responses.try_send(Response::error(
-                    request.request_id,
-                    ErrorCode::TooManyInFlight,
-                    message,
-                ));
+                // Waiting for room in the outbox (rather than try_send, which would drop the
+                // answer when the outbox is full) also stops reading this connection until the
+                // writer catches up: backpressure, and every request gets its answer.
+                let refusal =
+                    Response::error(request.request_id, ErrorCode::TooManyInFlight, message);
+                let _ = responses.send(refusal).await;
                 continue;
             }
             in_flight.set(in_flight.get() + 1);
