@@ -118,6 +118,34 @@ fn every_operation_scan_and_concurrent_callers() {
     assert!(client.scan("nothing-here/", 10).unwrap().is_empty());
     // An empty prefix scans every user key.
     assert_eq!(client.scan("", usize::MAX).unwrap().len(), 320 + 3);
+
+    // The same client awaited from glommio tasks on one executor thread.
+    let shared = client.client().clone();
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name("client-test")
+        .spawn(move || async move {
+            let tasks: Vec<_> = (0..32)
+                .map(|t| {
+                    let client = shared.clone();
+                    glommio::spawn_local(async move {
+                        let key = format!("glommio/{t}");
+                        let revision = client.put(&key, format!("{t}")).await.unwrap();
+                        let found = client.get(&key).await.unwrap().unwrap();
+                        assert_eq!(found.revision, revision);
+                        found.value
+                    })
+                })
+                .collect();
+            let mut values = Vec::new();
+            for task in tasks {
+                values.push(task.await);
+            }
+            values
+        })
+        .expect("start a glommio executor");
+    let values = executor.join().expect("the executor finishes");
+    assert_eq!(values.len(), 32);
+    assert_eq!(values[31].as_ref(), b"31");
 }
 
 #[test]

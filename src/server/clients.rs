@@ -543,3 +543,32 @@ fn response_for(id: u64, outcome: Outcome) -> Response {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::scan_range;
+
+    fn range(prefix: &[u8], continuation: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        scan_range(prefix, continuation).map(|(s, e)| (s.to_vec(), e.to_vec()))
+    }
+
+    #[test]
+    fn scan_ranges_cover_the_prefix_after_the_continuation() {
+        assert_eq!(range(b"ab", b""), Some((b"ab".to_vec(), b"ac".to_vec())));
+        assert_eq!(
+            range(b"ab", b"ab1"),
+            Some((b"ab1\0".to_vec(), b"ac".to_vec()))
+        );
+        // Everything: from the first user key (system keys start with 0x00) to the end.
+        assert_eq!(range(b"", b""), Some((vec![1], Vec::new())));
+        assert_eq!(
+            range(b"a\xff\xff", b""),
+            Some((b"a\xff\xff".to_vec(), b"b".to_vec()))
+        );
+        assert_eq!(range(b"\xff", b""), Some((b"\xff".to_vec(), Vec::new())));
+        // A continuation past the prefix's keys: nothing left.
+        assert_eq!(range(b"ab", b"ac"), None);
+        // A continuation before the prefix does not widen it.
+        assert_eq!(range(b"ab", b"a"), Some((b"ab".to_vec(), b"ac".to_vec())));
+    }
+}
