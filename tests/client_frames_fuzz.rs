@@ -261,13 +261,8 @@ fn stream(bytes: &[u8], split: usize) {
     let mut decoder = FrameDecoder::new(CLIENT_FRAME_BYTES_MAX);
     for piece in bytes.chunks(split.max(1)) {
         decoder.feed(piece);
-        loop {
-            match decoder.next_frame() {
-                Ok(Some(frame)) => {
-                    check_frame(&frame);
-                }
-                Ok(None) | Err(_) => break,
-            }
+        while let Ok(Some(frame)) = decoder.next_frame() {
+            check_frame(&frame);
         }
     }
 }
