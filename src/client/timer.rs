@@ -121,9 +121,18 @@ impl Future for Sleep {
                 let id = state.next_id;
                 state.next_id += 1;
                 state.wakers.insert(id, cx.waker().clone());
+                // Wake the timer thread only if it sleeps past this deadline: request
+                // deadlines mostly come later than the earliest one, and a wake-up per request
+                // would cost a context switch each.
+                let earlier = state
+                    .deadlines
+                    .peek()
+                    .map_or(true, |Reverse((first, _))| self.deadline < *first);
                 state.deadlines.push(Reverse((self.deadline, id)));
                 self.id = Some(id);
-                shared.changed.notify_one();
+                if earlier {
+                    shared.changed.notify_one();
+                }
             }
         }
         Poll::Pending
