@@ -19,11 +19,11 @@ use super::mesh::Router;
 use super::placement::{core_of, group_of, partition_of};
 use crate::kv::{Command, Op as KvOp, Outcome, Session};
 use crate::proto::client::{
-    decode_request, ClientEncoder, ErrorCode, NodeAddress, NodeStatus, Op, PartitionStatus, Reply,
-    Request, Response,
+    decode_request, effective_scan_limit, ClientEncoder, ErrorCode, KeyValue, NodeAddress,
+    NodeStatus, Op, PartitionStatus, Reply, Request, Response,
 };
 use crate::proto::frame::FrameDecoder;
-use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, SCAN_PAGE_BYTES_MAX};
 
 /// What every connection handler of a core needs to know about the cluster.
 pub struct ClusterView {
@@ -131,7 +131,16 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => return Err(format!("bad frame: {error}")),
+                Err(error) => {
+                    // The request id is in the body, which was not read: answer with id 0
+                    // (the connection-level answer), then close.
+                    let _ = responses.try_send(Response::error(
+                        0,
+                        ErrorCode::FrameTooLarge,
+                        error.to_string(),
+                    ));
+                    return Err(format!("bad frame: {error}"));
+                }
             };
             let request = match decode_request(&frame) {
                 Ok(request) => request,
@@ -150,11 +159,12 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
                 let message = format!(
                     "more than {REQUESTS_IN_FLIGHT_MAX} requests in flight on this connection"
                 );
-                let _ = responses.try_send(Response::error(
-                    request.request_id,
-                    ErrorCode::TooManyInFlight,
-                    message,
-                ));
+                // Waiting for room in the outbox (rather than try_send, which would drop the
+                // answer when the outbox is full) also stops reading this connection until the
+                // writer catches up: backpressure, and every request gets its answer.
+                let refusal =
+                    Response::error(request.request_id, ErrorCode::TooManyInFlight, message);
+                let _ = responses.send(refusal).await;
                 continue;
             }
             in_flight.set(in_flight.get() + 1);
@@ -207,14 +217,27 @@ async fn handle(serving: &Serving, request: Request) -> Response {
         return refusal;
     }
     let id = request.request_id;
-    let key = match &request.op {
-        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
-        Op::Scan { .. } => {
-            return Response::error(id, ErrorCode::Unavailable, "scan is not implemented yet")
+    let partition = match &request.op {
+        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+            partition_of(key, view.partitions)
         }
+        Op::Scan { partition, .. } => match *partition {
+            Some(partition) if partition < view.partitions => partition,
+            Some(partition) => {
+                let message = format!(
+                    "partition {partition} does not exist (the cluster has {})",
+                    view.partitions
+                );
+                return Response::error(id, ErrorCode::UnknownPartition, message);
+            }
+            None => {
+                let message = "a scan names its partition (keys are hash-partitioned)";
+                return Response::error(id, ErrorCode::Malformed, message);
+            }
+        },
         Op::Status => return node_status(serving, id).await,
     };
-    let owner = core_of(partition_of(key, view.partitions), view.cores);
+    let owner = core_of(partition, view.cores);
     if owner == core.core {
         handle_here(core, view, request).await
     } else {
@@ -287,10 +310,17 @@ async fn node_status(serving: &Serving, id: u64) -> Response {
 /// Serves a key request whose partition this core owns.
 async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> Response {
     let id = request.request_id;
-    let key = match &request.op {
-        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
-            key.clone()
-        }
+    let key = match request.op {
+        Op::Get { ref key, .. }
+        | Op::Put { ref key, .. }
+        | Op::Delete { ref key }
+        | Op::Cas { ref key, .. } => key.clone(),
+        Op::Scan {
+            prefix,
+            limit,
+            continuation,
+            partition: Some(partition),
+        } => return scan_here(core, view, id, partition, prefix, limit, continuation).await,
         Op::Scan { .. } | Op::Status => {
             return Response::error(id, ErrorCode::Internal, "not a single-key request")
         }
@@ -346,6 +376,91 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
             }
         }
     }
+}
+
+/// Serves one page of a scan of a partition this core owns, after a ReadIndex (linearizable
+/// for this partition); the storage read runs on the blocking pool.
+async fn scan_here(
+    core: &CoreState,
+    view: &ClusterView,
+    id: u64,
+    partition: u64,
+    prefix: Bytes,
+    limit: u32,
+    continuation: Bytes,
+) -> Response {
+    if core_of(partition, view.cores) != core.core {
+        let message = format!("partition {partition} reached core {}", core.core);
+        return Response::error(id, ErrorCode::Internal, message);
+    }
+    let group = group_of(partition);
+    if let Err(error) = core.read_barrier(group).await {
+        return failure(view, id, error);
+    }
+    let Some((start, end)) = scan_range(&prefix, &continuation) else {
+        return Response::ok(
+            id,
+            Some(Reply::Scan {
+                items: Vec::new(),
+                continuation: Bytes::new(),
+            }),
+        );
+    };
+    let items_max = effective_scan_limit(limit) as usize;
+    let page = core
+        .storage
+        .scan_page(group, start, end, items_max, SCAN_PAGE_BYTES_MAX)
+        .await;
+    let (pairs, more) = match page {
+        Ok(page) => page,
+        Err(error) => return Response::error(id, ErrorCode::Internal, error.to_string()),
+    };
+    let mut items = Vec::with_capacity(pairs.len());
+    for (key, stored) in pairs {
+        match crate::kv::StoredValue::decode(&stored) {
+            Ok(stored) => items.push(KeyValue {
+                key,
+                value: stored.value,
+                revision: stored.meta.revision,
+            }),
+            Err(error) => return Response::error(id, ErrorCode::Internal, error.to_string()),
+        }
+    }
+    let continuation = match items.last() {
+        Some(last) if more => last.key.clone(),
+        _ => Bytes::new(),
+    };
+    Response::ok(
+        id,
+        Some(Reply::Scan {
+            items,
+            continuation,
+        }),
+    )
+}
+
+/// The key range `[start, end)` of a scan page (empty `end`: to the end of the partition):
+/// user keys starting with `prefix`, after `continuation` (the last key already returned).
+/// `None` when the range is empty.
+pub fn scan_range(prefix: &[u8], continuation: &[u8]) -> Option<(Bytes, Bytes)> {
+    let mut start = prefix.to_vec().max(crate::kv::USER_KEYS_START.to_vec());
+    if !continuation.is_empty() {
+        let mut after = continuation.to_vec();
+        after.push(0);
+        start = start.max(after);
+    }
+    // The end: the smallest key above every key with the prefix.
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    if !end.is_empty() && start >= end {
+        return None;
+    }
+    Some((Bytes::from(start), Bytes::from(end)))
 }
 
 fn status(core: &CoreState, view: &ClusterView) -> NodeStatus {
@@ -427,5 +542,34 @@ fn response_for(id: u64, outcome: Outcome) -> Response {
             ErrorCode::Malformed,
             format!("sequence is older than the last applied ({last_sequence}) for this client id"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scan_range;
+
+    fn range(prefix: &[u8], continuation: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+        scan_range(prefix, continuation).map(|(s, e)| (s.to_vec(), e.to_vec()))
+    }
+
+    #[test]
+    fn scan_ranges_cover_the_prefix_after_the_continuation() {
+        assert_eq!(range(b"ab", b""), Some((b"ab".to_vec(), b"ac".to_vec())));
+        assert_eq!(
+            range(b"ab", b"ab1"),
+            Some((b"ab1\0".to_vec(), b"ac".to_vec()))
+        );
+        // Everything: from the first user key (system keys start with 0x00) to the end.
+        assert_eq!(range(b"", b""), Some((vec![1], Vec::new())));
+        assert_eq!(
+            range(b"a\xff\xff", b""),
+            Some((b"a\xff\xff".to_vec(), b"b".to_vec()))
+        );
+        assert_eq!(range(b"\xff", b""), Some((b"\xff".to_vec(), Vec::new())));
+        // A continuation past the prefix's keys: nothing left.
+        assert_eq!(range(b"ab", b"ac"), None);
+        // A continuation before the prefix does not widen it.
+        assert_eq!(range(b"ab", b"a"), Some((b"ab".to_vec(), b"ac".to_vec())));
     }
 }
