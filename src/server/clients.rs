@@ -310,7 +310,7 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
     let group = group_of(partition);
     match request.op {
         Op::Get { stale_ok, .. } => {
-            if !stale_ok {
+            if !stale_ok && !test_fault_stale_reads() {
                 if let Err(error) = core.read_barrier(group).await {
                     return failure(view, id, error);
                 }
@@ -346,6 +346,22 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
             }
         }
     }
+}
+
+/// TEST ONLY: with `KAHUNA_TEST_FAULT=stale-reads` in its environment a node answers every
+/// read from its local state without ReadIndex, on any replica: the bug the fault-injection
+/// test (tests/linearizability.rs) must catch. Never set it outside that test.
+fn test_fault_stale_reads() -> bool {
+    static STALE_READS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STALE_READS.get_or_init(|| {
+        let on = std::env::var("KAHUNA_TEST_FAULT").is_ok_and(|v| v == "stale-reads");
+        if on {
+            eprintln!(
+                "kahuna: TEST FAULT ON: reads skip ReadIndex (KAHUNA_TEST_FAULT=stale-reads)"
+            );
+        }
+        on
+    })
 }
 
 fn status(core: &CoreState, view: &ClusterView) -> NodeStatus {
