@@ -107,6 +107,15 @@ fn run(config: &RunConfig) -> RunOutcome {
         env,
     });
     wait_for_leaders(&cluster, "start");
+    let start = Instant::now();
+    while cluster.link_connections().values().any(|&n| n == 0) {
+        assert!(
+            start.elapsed() < LEADERS_TIMEOUT,
+            "peer traffic bypasses the proxies: {:?}",
+            cluster.link_connections()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let endpoints = cluster.endpoints();
     let keys: Vec<Vec<u8>> = (0..config.keys)
         .map(|i| format!("reg-{}-{i}", config.seed).into_bytes())
@@ -196,10 +205,14 @@ fn run(config: &RunConfig) -> RunOutcome {
             .collect();
         (histories, stats, set_adds)
     });
-    let (cluster, faults) = nemesis.join().expect("nemesis");
+    let (mut cluster, faults) = nemesis.join().expect("nemesis");
     // Healed: every acknowledged add must be in a linearizable read of its set.
     wait_for_leaders(&cluster, "after healing");
-    let mut set_problems = Vec::new();
+    let mut set_problems: Vec<String> = cluster
+        .exited()
+        .into_iter()
+        .map(|(node, status)| format!("node {node} exited by itself: {status}"))
+        .collect();
     let mut reader = BlockingKv::new(endpoints.clone(), Duration::from_secs(30));
     for (set, key) in set_keys.iter().enumerate() {
         let adds: Vec<(u64, AddFate)> = set_adds
@@ -303,12 +316,15 @@ fn summarize(
     }
     let _ = writeln!(
         text,
-        "  set adds: {} acknowledged, {} unknown, {} refused; {} problems",
+        "  set adds: {} acknowledged, {} unknown, {} refused; {} set or node problems",
         count(AddFate::Acknowledged),
         count(AddFate::Maybe),
         count(AddFate::NotAdded),
         set_problems.len()
     );
+    for problem in set_problems.iter().take(10) {
+        let _ = writeln!(text, "    {problem}");
+    }
     let _ = write!(text, "  verdict: {verdict}");
     text
 }
@@ -402,7 +418,7 @@ fn register_config(name: &'static str, seed: u64, slot: u64, duration: Duration)
         seed,
         slot,
         duration,
-        cores: 1 + (seed % 2) as usize,
+        cores: 1 + (kahuna::raft::SeededRng::new(seed).next_u64() % 2) as usize,
         partitions: 8,
         keys: 24,
         schedule: Schedule::Mixed,

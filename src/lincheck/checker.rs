@@ -20,15 +20,18 @@ pub type History<M> = Vec<Operation<<M as Model>::Input, <M as Model>::Output>>;
 pub struct CheckOptions {
     /// Search steps (a candidate tried or a backtrack) per key before giving up.
     pub steps_max: u64,
-    /// Operations per key the checker accepts (bounds the bitsets and the cache).
+    /// Operations per key the checker accepts (bounds the bitsets).
     pub operations_max: usize,
+    /// Bytes of explored (linearized set, state) pairs kept per key before giving up.
+    pub cache_bytes_max: usize,
 }
 
 impl Default for CheckOptions {
     fn default() -> CheckOptions {
         CheckOptions {
-            steps_max: 20_000_000,
-            operations_max: 100_000,
+            steps_max: 10_000_000,
+            operations_max: 200_000,
+            cache_bytes_max: 1 << 30,
         }
     }
 }
@@ -50,9 +53,10 @@ pub struct Failure<S> {
 pub enum Verdict<S> {
     Linearizable,
     NotLinearizable(Failure<S>),
-    /// The step budget ran out: nothing is claimed.
+    /// The step or memory budget ran out: nothing is claimed.
     Unknown {
         steps: u64,
+        cache_entries: usize,
     },
     Invalid(HistoryError),
 }
@@ -182,6 +186,8 @@ pub fn check<M: Model>(
     let mut next_states = Vec::new();
     let mut deepest: Option<Failure<M::State>> = None;
     let mut steps = 0u64;
+    let entry_bytes = linearized.0.len() * 8 + std::mem::size_of::<M::State>() + 32;
+    let cache_entries_max = (options.cache_bytes_max / entry_bytes).max(1);
     let mut node = events.first();
     'search: loop {
         if determinate_left == 0 {
@@ -189,8 +195,11 @@ pub fn check<M: Model>(
             return Verdict::Linearizable;
         }
         steps += 1;
-        if steps > options.steps_max {
-            return Verdict::Unknown { steps };
+        if steps > options.steps_max || cache.len() > cache_entries_max {
+            return Verdict::Unknown {
+                steps,
+                cache_entries: cache.len(),
+            };
         }
         assert!(node != NIL, "the list always ends with a return");
         let mut advanced = false;

@@ -105,6 +105,15 @@ impl Nemesis {
         }
     }
 
+    /// Half the time the busiest leader, else any node.
+    fn leader_or_any(&mut self, cluster: &ProxiedCluster) -> (u64, String) {
+        if self.rng.range(0, 2) == 0 {
+            self.leader(cluster)
+        } else {
+            (self.pick_node(), "random node".into())
+        }
+    }
+
     /// Injects one fault, returning how long to hold it.
     fn inject(&mut self, cluster: &mut ProxiedCluster) -> Duration {
         let kinds: &[&'static str] = match self.schedule {
@@ -128,14 +137,14 @@ impl Nemesis {
         self.count(kind);
         match kind {
             "kill" => {
-                let node = self.pick_node();
+                let (node, why) = self.leader_or_any(cluster);
                 cluster.kill9(node);
-                self.note(format!("fault kill node {node} (SIGKILL)"));
+                self.note(format!("fault kill node {node} (SIGKILL; {why})"));
             }
             "pause" => {
-                let node = self.pick_node();
+                let (node, why) = self.leader_or_any(cluster);
                 cluster.pause(node);
-                self.note(format!("fault pause node {node} (SIGSTOP)"));
+                self.note(format!("fault pause node {node} (SIGSTOP; {why})"));
             }
             "partition-pair" => {
                 let a = self.pick_node();

@@ -168,6 +168,17 @@ impl ProxiedCluster {
         self.children.insert(node, child);
     }
 
+    /// Nodes whose process ended without the harness killing it (a crash), with its status.
+    pub fn exited(&mut self) -> Vec<(u64, String)> {
+        self.children
+            .iter_mut()
+            .filter_map(|(node, child)| match child.try_wait() {
+                Ok(Some(status)) => Some((*node, status.to_string())),
+                _ => None,
+            })
+            .collect()
+    }
+
     pub fn is_running(&self, node: u64) -> bool {
         self.children.contains_key(&node)
     }
@@ -233,6 +244,15 @@ impl ProxiedCluster {
                 self.start_node(node);
             }
         }
+    }
+
+    /// Connections each directed link's proxy has accepted: all links above zero shows that
+    /// the nodes' peer traffic really runs through the proxies.
+    pub fn link_connections(&self) -> BTreeMap<(u64, u64), u64> {
+        self.links
+            .iter()
+            .map(|(link, proxy)| (*link, proxy.connections_accepted()))
+            .collect()
     }
 
     /// Partitions each reachable, running node says it leads.
