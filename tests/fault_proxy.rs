@@ -111,6 +111,7 @@ fn a_node_with_every_link_cut_loses_its_leaderships() {
         partitions,
         cores: 1,
         env: Vec::new(),
+        extra_args: Vec::new(),
     });
     wait_until(
         "every partition has a leader",

@@ -12,6 +12,9 @@
 //!     KAHUNA_SOAK_SECS=600 cargo test --test linearizability -- --nocapture   # long soak
 //!     KAHUNA_LIN_SEED=S cargo test --test linearizability under_faults -- --nocapture
 //!
+//! A replay runs 15 s unless `KAHUNA_LIN_SECS=N` says otherwise (soak runs are 60 s);
+//! `KAHUNA_LIN_VERBOSE=1` prints every fault as it is injected.
+//!
 //! (A seed replays the fault schedule and the clients' choices; the interleaving of real
 //! processes is not reproducible.) `the_checker_catches_stale_reads` runs the same machinery
 //! against nodes with the test-only stale-read fault on and requires the checker to reject
@@ -60,6 +63,8 @@ struct RunConfig {
     sets: usize,
     set_threads: usize,
     stale_reads_fault: bool,
+    /// `--compact-after`: small values make followers catch up from snapshots under faults.
+    compact_after: Option<usize>,
 }
 
 struct RunOutcome {
@@ -105,6 +110,10 @@ fn run(config: &RunConfig) -> RunOutcome {
         partitions: config.partitions,
         cores: config.cores,
         env,
+        extra_args: config
+            .compact_after
+            .map(|n| vec!["--compact-after".to_string(), n.to_string()])
+            .unwrap_or_default(),
     });
     wait_for_leaders(&cluster, "start");
     let start = Instant::now();
@@ -299,8 +308,15 @@ fn summarize(
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "run {}: seed {} ({:?}, {} cores, {} partitions; replay: KAHUNA_LIN_SEED={} cargo test --test linearizability)",
-        config.name, config.seed, config.duration, config.cores, config.partitions, config.seed
+        "run {}: seed {} ({:?}, {} cores, {} partitions, compact after {:?}; replay: KAHUNA_LIN_SEED={} KAHUNA_LIN_SECS={} cargo test --test linearizability)",
+        config.name,
+        config.seed,
+        config.duration,
+        config.cores,
+        config.partitions,
+        config.compact_after,
+        config.seed,
+        config.duration.as_secs()
     );
     let _ = writeln!(text, "  faults: {}", faults.summary());
     let _ = writeln!(
@@ -413,12 +429,14 @@ fn keep(
 }
 
 fn register_config(name: &'static str, seed: u64, slot: u64, duration: Duration) -> RunConfig {
+    // The cluster's shape follows from the seed, so a replay gets the same one.
+    let mut dice = kahuna::raft::SeededRng::new(seed);
     RunConfig {
         name,
         seed,
         slot,
         duration,
-        cores: 1 + (kahuna::raft::SeededRng::new(seed).next_u64() % 2) as usize,
+        cores: 1 + (dice.next_u64() % 2) as usize,
         partitions: 8,
         keys: 24,
         schedule: Schedule::Mixed,
@@ -428,6 +446,7 @@ fn register_config(name: &'static str, seed: u64, slot: u64, duration: Duration)
         sets: 4,
         set_threads: 2,
         stale_reads_fault: false,
+        compact_after: (dice.next_u64() % 2 == 0).then_some(50),
     }
 }
 
@@ -444,7 +463,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn register_and_set_histories_under_faults_are_linearizable() {
     let mut runs: Vec<RunConfig> = Vec::new();
     if let Some(seed) = env_u64("KAHUNA_LIN_SEED") {
-        let secs = env_u64("KAHUNA_LIN_SECS").unwrap_or(16);
+        let secs = env_u64("KAHUNA_LIN_SECS").unwrap_or(15);
         runs.push(register_config(
             "replay",
             seed,
@@ -522,6 +541,7 @@ fn stale_read_config(seed: u64, stale_reads_fault: bool) -> RunConfig {
         sets: 0,
         set_threads: 0,
         stale_reads_fault,
+        compact_after: None,
     }
 }
 

@@ -31,6 +31,8 @@ pub struct ClusterOptions {
     pub cores: usize,
     /// Environment for every node (the stale-read test switch).
     pub env: Vec<(String, String)>,
+    /// Extra `kahuna serve` flags for every node (e.g. `--compact-after`).
+    pub extra_args: Vec<String>,
 }
 
 pub struct ProxiedCluster {
@@ -142,6 +144,7 @@ impl ProxiedCluster {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.options.extra_args.iter().cloned())
         .collect()
     }
 
