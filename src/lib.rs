@@ -4,10 +4,12 @@
 //! state and key/value data), [`kv`] (the replicated state machine), [`shard`] (many groups per
 //! core), [`proto`] (flatbuffers wire formats and framing), [`transport`] (node-to-node TCP),
 //! [`server`] (the node), [`client`] (the native client).
+//! [`lincheck`] checks recorded client histories for linearizability (process tests).
 
 pub mod cli;
 pub mod client;
 pub mod kv;
+pub mod lincheck;
 pub mod proto;
 pub mod raft;
 pub mod server;

@@ -340,7 +340,7 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
     let group = group_of(partition);
     match request.op {
         Op::Get { stale_ok, .. } => {
-            if !stale_ok {
+            if !stale_ok && !test_fault_stale_reads() {
                 if let Err(error) = core.read_barrier(group).await {
                     return failure(view, id, error);
                 }
@@ -461,6 +461,22 @@ pub fn scan_range(prefix: &[u8], continuation: &[u8]) -> Option<(Bytes, Bytes)> 
         return None;
     }
     Some((Bytes::from(start), Bytes::from(end)))
+}
+
+/// TEST ONLY: with `KAHUNA_TEST_FAULT=stale-reads` in its environment a node answers every
+/// read from its local state without ReadIndex, on any replica: the bug the fault-injection
+/// test (tests/linearizability.rs) must catch. Never set it outside that test.
+fn test_fault_stale_reads() -> bool {
+    static STALE_READS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STALE_READS.get_or_init(|| {
+        let on = std::env::var("KAHUNA_TEST_FAULT").is_ok_and(|v| v == "stale-reads");
+        if on {
+            eprintln!(
+                "kahuna: TEST FAULT ON: reads skip ReadIndex (KAHUNA_TEST_FAULT=stale-reads)"
+            );
+        }
+        on
+    })
 }
 
 fn status(core: &CoreState, view: &ClusterView) -> NodeStatus {

@@ -1,0 +1,253 @@
+//! Kahuna's register: a key holds a value and a revision (the log index of the write that
+//! produced it, so a key's revisions strictly increase); 0 means absent. A read returns value
+//! and revision; a put returns the new revision; a compare-and-set compares the revision
+//! (expected 0 = the key must be absent) and answers the new revision, or the current one when
+//! it does not match. Values are u64 ids (workloads write each value once, so a read names the
+//! write it saw).
+//!
+//! A write whose outcome is unknown leaves a revision nobody was told: `Revision::Above(r)`
+//! says only that it exceeds `r`, and a later read that sees the value pins it down.
+
+use super::model::Model;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegisterInput {
+    Read,
+    Put { value: u64 },
+    Cas { expected_revision: u64, value: u64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegisterOutput {
+    /// A read's answer: `None` when the key is absent.
+    Read(Option<(u64, u64)>),
+    /// A put or a matching compare-and-set wrote at this revision.
+    Written { revision: u64 },
+    /// A compare-and-set found this revision (0: absent) and changed nothing.
+    CasMismatch { current: u64 },
+    /// No answer (timeout, lost connection): the operation may or may not have taken effect.
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Revision {
+    Known(u64),
+    /// Some revision greater than this one, not yet observed.
+    Above(u64),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RegisterState {
+    Absent,
+    Present { value: u64, revision: Revision },
+}
+
+impl RegisterState {
+    /// The highest revision known to be at or below the current one (0 when absent).
+    fn floor(&self) -> u64 {
+        match self {
+            RegisterState::Absent => 0,
+            RegisterState::Present {
+                revision: Revision::Known(r) | Revision::Above(r),
+                ..
+            } => *r,
+        }
+    }
+
+    /// Whether the current revision can be `revision`; `Some(pinned state)` if so.
+    fn with_revision(&self, revision: u64) -> Option<RegisterState> {
+        match *self {
+            RegisterState::Absent => (revision == 0).then_some(RegisterState::Absent),
+            RegisterState::Present {
+                revision: Revision::Known(r),
+                ..
+            } => (r == revision).then_some(*self),
+            RegisterState::Present {
+                value,
+                revision: Revision::Above(r),
+            } => (revision > r).then_some(RegisterState::Present {
+                value,
+                revision: Revision::Known(revision),
+            }),
+        }
+    }
+}
+
+/// The compare-and-set register model of one key.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Register;
+
+impl Model for Register {
+    type State = RegisterState;
+    type Input = RegisterInput;
+    type Output = RegisterOutput;
+
+    fn init(&self) -> RegisterState {
+        RegisterState::Absent
+    }
+
+    fn step(
+        &self,
+        state: &RegisterState,
+        input: &RegisterInput,
+        output: &RegisterOutput,
+        next: &mut Vec<RegisterState>,
+    ) {
+        use RegisterOutput as Out;
+        let written = |value, revision| RegisterState::Present {
+            value,
+            revision: Revision::Known(revision),
+        };
+        match (*input, *output) {
+            (RegisterInput::Read, Out::Unknown) => next.push(*state),
+            (RegisterInput::Read, Out::Read(None)) if *state == RegisterState::Absent => {
+                next.push(*state)
+            }
+            (RegisterInput::Read, Out::Read(Some((value, revision)))) => {
+                if let RegisterState::Present { value: held, .. } = *state {
+                    if held == value {
+                        next.extend(state.with_revision(revision));
+                    }
+                }
+            }
+            (RegisterInput::Put { value }, Out::Written { revision })
+                if revision > state.floor() =>
+            {
+                next.push(written(value, revision))
+            }
+            (RegisterInput::Put { value }, Out::Unknown) => {
+                next.push(RegisterState::Present {
+                    value,
+                    revision: Revision::Above(state.floor()),
+                });
+            }
+            (
+                RegisterInput::Cas {
+                    expected_revision,
+                    value,
+                },
+                Out::Written { revision },
+            ) if revision > expected_revision
+                && state.with_revision(expected_revision).is_some() =>
+            {
+                next.push(written(value, revision))
+            }
+            (
+                RegisterInput::Cas {
+                    expected_revision, ..
+                },
+                Out::CasMismatch { current },
+            ) if current != expected_revision => next.extend(state.with_revision(current)),
+            (
+                RegisterInput::Cas {
+                    expected_revision,
+                    value,
+                },
+                Out::Unknown,
+            ) => {
+                // It applied (the revision was the expected one) or it did not; both are
+                // possible where the current revision is not known.
+                if let Some(matched) = state.with_revision(expected_revision) {
+                    next.push(RegisterState::Present {
+                        value,
+                        revision: Revision::Above(matched.floor()),
+                    });
+                }
+                let could_differ = match *state {
+                    RegisterState::Absent => expected_revision != 0,
+                    RegisterState::Present {
+                        revision: Revision::Known(r),
+                        ..
+                    } => r != expected_revision,
+                    RegisterState::Present {
+                        revision: Revision::Above(_),
+                        ..
+                    } => true,
+                };
+                if could_differ {
+                    next.push(*state);
+                }
+            }
+            // Every other pairing (a put answered with a read, ...) is impossible.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(
+        state: RegisterState,
+        input: RegisterInput,
+        output: RegisterOutput,
+    ) -> Vec<RegisterState> {
+        let mut next = Vec::new();
+        Register.step(&state, &input, &output, &mut next);
+        next
+    }
+
+    #[test]
+    fn an_unknown_write_is_pinned_by_the_read_that_sees_it() {
+        let after = step(
+            RegisterState::Absent,
+            RegisterInput::Put { value: 7 },
+            RegisterOutput::Unknown,
+        );
+        assert_eq!(after.len(), 1);
+        let read = step(
+            after[0],
+            RegisterInput::Read,
+            RegisterOutput::Read(Some((7, 12))),
+        );
+        assert_eq!(
+            read,
+            vec![RegisterState::Present {
+                value: 7,
+                revision: Revision::Known(12)
+            }]
+        );
+        assert!(step(
+            after[0],
+            RegisterInput::Read,
+            RegisterOutput::Read(Some((8, 12)))
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn a_cas_matches_only_its_expected_revision() {
+        let held = RegisterState::Present {
+            value: 1,
+            revision: Revision::Known(5),
+        };
+        let cas = |expected_revision| RegisterInput::Cas {
+            expected_revision,
+            value: 2,
+        };
+        assert_eq!(
+            step(held, cas(5), RegisterOutput::Written { revision: 9 }).len(),
+            1
+        );
+        assert!(step(held, cas(4), RegisterOutput::Written { revision: 9 }).is_empty());
+        assert!(step(held, cas(5), RegisterOutput::CasMismatch { current: 5 }).is_empty());
+        assert_eq!(
+            step(held, cas(4), RegisterOutput::CasMismatch { current: 5 }),
+            vec![held]
+        );
+        // Expected 0 creates an absent key.
+        assert_eq!(
+            step(
+                RegisterState::Absent,
+                cas(0),
+                RegisterOutput::Written { revision: 3 }
+            )
+            .len(),
+            1
+        );
+        // Unknown outcome where the revision matches: applied or not.
+        assert_eq!(step(held, cas(5), RegisterOutput::Unknown).len(), 1);
+        assert_eq!(step(held, cas(4), RegisterOutput::Unknown), vec![held]);
+    }
+}
