@@ -5,6 +5,7 @@
 //! core), [`proto`] (flatbuffers wire formats and framing), [`transport`] (node-to-node TCP),
 //! [`server`] (the node), [`client`] (the native client).
 
+pub mod bench;
 pub mod client;
 pub mod kv;
 pub mod proto;

@@ -24,6 +24,7 @@ commands:
   del KEY
   status      the answering node's partitions, roles and indexes
   partition-of KEY PARTITIONS   the partition a key belongs to (stable hash)
+  bench       benchmark a cluster (kahuna bench --help)
   version
 client commands take --endpoints HOST:PORT,... (default: the playground's 127.0.0.1:7400-7402)";
 
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
             }
         },
         "put" | "get" | "del" | "status" => client_command(command, rest),
+        "bench" => ExitCode::from(kahuna::bench::main(rest)),
         "partition-of" => match rest {
             [key, partitions] => match partitions.parse::<u64>() {
                 Ok(partitions) if partitions > 0 => {
