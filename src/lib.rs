@@ -8,6 +8,7 @@
 pub mod bench;
 pub mod client;
 pub mod kv;
+pub mod metrics;
 pub mod proto;
 pub mod raft;
 pub mod server;

@@ -17,6 +17,7 @@ commands:
               [--id N] [--data-dir DIR] [--client-addr HOST:PORT] [--peer-addr HOST:PORT]
               [--peers ID=HOST:PORT,...] [--client-addrs ID=HOST:PORT,...] [--partitions P]
               [--cores C] [--storage rocksdb|sqlite] [--pin auto|none|CPU,...] [--cluster-id N]
+              [--metrics-addr HOST:PORT]  (Prometheus text at http://HOST:PORT/metrics)
   playground  run a local cluster on loopback and print its endpoints
               [--nodes 3] [--data-dir DIR] [--base-port PORT] [--cores C] [--partitions P]
   put KEY VALUE | put KEY --value-file FILE|-

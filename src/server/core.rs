@@ -98,6 +98,7 @@ impl CoreState {
                 .propose(group, data)
                 .map_err(|e| ProposeFailure::Refused(e.to_string()))?
         };
+        crate::metrics::stages::proposed(self.core, group, index);
         let (sender, receiver) = local_channel::new_bounded(1);
         self.waiters.borrow_mut().insert(
             (group, index),
@@ -182,13 +183,17 @@ pub async fn run_loop(
         let batch = state.shard.borrow_mut().collect(true);
         let worked = batch.is_some();
         if let Some(batch) = batch {
+            crate::metrics::stages::collected(state.core, &batch);
             for (peer, messages) in batch.send_now {
                 let _ = state.transport.send(peer, messages);
             }
             // Nothing to write: every earlier batch is already durable (they are written one
             // after the other), so this one is too, without a sync.
             if !batch.write.is_empty() {
-                if let Err(error) = state.storage.write(batch.write).await {
+                let writing = Instant::now();
+                let written = state.storage.write(batch.write).await;
+                crate::metrics::core(state.core).storage_written(writing.elapsed());
+                if let Err(error) = written {
                     // A failed write leaves the log in an unknown state: stop serving rather
                     // than acknowledge anything that may not be durable.
                     eprintln!(
@@ -203,6 +208,7 @@ pub async fn run_loop(
                 let _ = state.transport.send(peer, messages);
             }
             complete_writes(&state, &batch.restored, &batch.applied);
+            crate::metrics::stages::completed(state.core, &batch.applied);
             for (_group, context) in batch.dropped_reads {
                 if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
                     let _ = sender.try_send(None);
