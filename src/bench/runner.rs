@@ -193,7 +193,7 @@ pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunRe
             let elapsed = now - start;
             eprintln!(
                 "{}",
-                progress_line(elapsed, &interval, now - last, elapsed <= plan.warmup)
+                progress_line(elapsed, &interval, now - last, last - start < plan.warmup)
             );
         }
         last = now;
