@@ -6,6 +6,7 @@
 //! [`server`] (the node), [`client`] (the native client).
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 pub mod kv;
 pub mod metrics;

@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use kahuna::client::{Client, Connection};
-use kahuna::proto::client::{ErrorCode, Op, Reply, Request};
+use kahuna::client::Connection;
+use kahuna::proto::client::{ErrorCode, Op, Reply};
 use kahuna::server::placement::{core_of, partition_of};
 use kahuna::server::playground::wait_for_leaders;
 use support::cluster::{stale_get_on, ProcessCluster};
@@ -50,16 +50,11 @@ fn two_cores_per_node_serve_every_partition_through_every_node() {
     // partition with 3 nodes), whichever core answers.
     let addr = cluster.config.client_addr(1);
     for _ in 0..CONNECTIONS_PER_NODE {
-        let mut connection =
-            Connection::connect(&addr, Duration::from_secs(2)).expect("connect to node 1");
-        let request = Request {
-            request_id: 7,
-            client_id: 0,
-            sequence: 0,
-            cluster_id: 0,
-            op: Op::Status,
-        };
-        let response = connection.call(&request).expect("status answers");
+        let connection = Connection::connect_blocking(&addr, 16, Duration::from_secs(2))
+            .expect("connect to node 1");
+        let response = connection
+            .call_blocking(Op::Status, 0, 0, 0, Duration::from_secs(10))
+            .expect("status answers");
         assert_eq!(response.error, ErrorCode::Ok, "{response:?}");
         let Some(Reply::Status(status)) = response.reply else {
             panic!("not a status: {response:?}");
@@ -76,17 +71,15 @@ fn two_cores_per_node_serve_every_partition_through_every_node() {
     for node in 1..=3 {
         let addr = cluster.config.client_addr(node);
         for c in 0..CONNECTIONS_PER_NODE {
-            let mut connection =
-                Connection::connect(&addr, Duration::from_secs(2)).expect("connect");
+            let connection =
+                Connection::connect_blocking(&addr, 16, Duration::from_secs(2)).expect("connect");
             for (partition, key) in &keys {
-                let response = stale_get_on(&mut connection, *partition + 1, key.as_bytes())
-                    .expect("the node answers");
+                let response = stale_get_on(&connection, key.as_bytes()).expect("the node answers");
                 assert_eq!(
                     response.error,
                     ErrorCode::NotFound,
                     "node {node} connection {c} partition {partition}: {response:?}"
                 );
-                assert_eq!(response.request_id, *partition + 1);
             }
         }
     }
@@ -94,33 +87,27 @@ fn two_cores_per_node_serve_every_partition_through_every_node() {
     // Writes through every node, to keys of every partition (the client follows leader hints;
     // the leader's connection may land on either core).
     for node in 1..=3u64 {
-        let mut client = Client::new(vec![cluster.config.client_addr(node)]);
-        client.endpoints_hint(cluster.endpoints());
-        client.deadline = Duration::from_secs(30);
+        let client = cluster.client_via(node);
         for (partition, key) in &keys {
             let key = format!("{key}-n{node}");
             let value = format!("p{partition}-n{node}");
-            let response = client
+            client
                 .put(key.as_bytes(), value.as_bytes())
                 .expect("write succeeds");
-            assert_eq!(response.error, ErrorCode::Ok, "{key}: {response:?}");
         }
     }
 
     // Linearizable reads through every node see every write.
     for reader in 1..=3u64 {
-        let mut client = Client::new(vec![cluster.config.client_addr(reader)]);
-        client.endpoints_hint(cluster.endpoints());
-        client.deadline = Duration::from_secs(30);
+        let client = cluster.client_via(reader);
         for writer in 1..=3u64 {
             for (partition, key) in &keys {
                 let key = format!("{key}-n{writer}");
-                let response = client.get(key.as_bytes()).expect("read succeeds");
-                match &response.reply {
-                    Some(Reply::Value { value, .. }) => {
-                        assert_eq!(value, &Bytes::from(format!("p{partition}-n{writer}")))
+                match client.get(key.as_bytes()).expect("read succeeds") {
+                    Some(found) => {
+                        assert_eq!(found.value, Bytes::from(format!("p{partition}-n{writer}")))
                     }
-                    other => panic!("{key} through node {reader}: {other:?} ({response:?})"),
+                    None => panic!("{key} through node {reader}: not found"),
                 }
             }
         }

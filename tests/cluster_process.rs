@@ -9,8 +9,6 @@ mod support;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kahuna::client::Client;
-use kahuna::proto::client::{ErrorCode, Reply};
 use kahuna::server::placement::partition_of;
 use kahuna::server::playground::wait_for_leaders;
 use support::cluster::{wait_until, ProcessCluster};
@@ -26,12 +24,10 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
     );
     // Writes through each node succeed (non-leaders redirect the client).
     for node in 1..=3u64 {
-        let mut client = Client::new(vec![cluster.config.client_addr(node)]);
-        client.endpoints_hint(cluster.endpoints());
+        let client = cluster.client_via(node);
         for i in 0..20 {
             let key = format!("n{node}-k{i}");
-            let response = client.put(key.as_bytes(), b"v1").expect("write succeeds");
-            assert_eq!(response.error, ErrorCode::Ok, "{response:?}");
+            client.put(key.as_bytes(), b"v1").expect("write succeeds");
         }
     }
     // Kill -9 the leader of the partition of "failover-key"; a new leader takes over.
@@ -41,12 +37,10 @@ fn three_nodes_elect_replicate_fail_over_and_catch_up() {
         .leader_of(partition)
         .expect("partition has a leader");
     cluster.kill9(old_leader);
-    let mut client = Client::new(cluster.endpoints());
-    client.deadline = Duration::from_secs(30);
-    let response = client
+    let client = cluster.client();
+    client
         .put(key, b"after-failover")
         .expect("write after failover");
-    assert_eq!(response.error, ErrorCode::Ok);
     let new_leader = cluster.leader_of(partition).expect("a new leader");
     assert_ne!(new_leader, old_leader);
     for i in 0..20 {
@@ -98,8 +92,7 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
         PARTITIONS,
         Duration::from_secs(60)
     ));
-    let mut client = Client::new(cluster.endpoints());
-    client.deadline = Duration::from_secs(30);
+    let client = cluster.client();
     for i in 0..50 {
         client
             .put(format!("early-{i}").as_bytes(), b"e")
@@ -107,10 +100,9 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     }
     cluster.kill9(3);
     for i in 0..600 {
-        let response = client
+        client
             .put(format!("late-{i}").as_bytes(), format!("v{i}").as_bytes())
             .expect("write");
-        assert_eq!(response.error, ErrorCode::Ok);
     }
     cluster.start_node(3);
     let keys: Vec<String> = (0..50)
@@ -137,13 +129,11 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
     }
     cluster.start_node(1);
     cluster.start_node(2);
-    let mut client = Client::new(cluster.endpoints());
-    client.deadline = Duration::from_secs(30);
+    let client = cluster.client();
     for i in 0..PARTITIONS * 4 {
-        let response = client
+        client
             .put(format!("two-nodes-{i}").as_bytes(), b"ok")
             .expect("nodes 1 and 2 elect alone");
-        assert_eq!(response.error, ErrorCode::Ok);
     }
     cluster.start_node(3);
     assert!(wait_for_leaders(
@@ -151,15 +141,14 @@ fn a_follower_behind_the_compacted_log_catches_up_from_a_snapshot() {
         PARTITIONS,
         Duration::from_secs(60)
     ));
-    let mut client = Client::new(cluster.endpoints());
-    client.deadline = Duration::from_secs(30);
+    let client = cluster.client();
     for i in [0, 299, 599] {
-        let response = client
+        let found = client
             .get(format!("late-{i}").as_bytes())
             .expect("read after restart");
-        match response.reply.clone() {
-            Some(Reply::Value { value, .. }) => assert_eq!(value, Bytes::from(format!("v{i}"))),
-            other => panic!("late-{i}: {other:?} ({:?})", response.error),
+        match found {
+            Some(found) => assert_eq!(found.value, Bytes::from(format!("v{i}"))),
+            None => panic!("late-{i}: not found"),
         }
     }
     client

@@ -28,11 +28,14 @@ fn op() -> impl Strategy<Value = Op> {
             expected_revision,
             value
         }),
-        (bytes(32), any::<u32>(), bytes(40)).prop_map(|(prefix, limit, continuation)| Op::Scan {
-            prefix,
-            limit,
-            continuation
-        }),
+        (bytes(32), any::<u32>(), bytes(40), any::<Option<u64>>()).prop_map(
+            |(prefix, limit, continuation, partition)| Op::Scan {
+                prefix,
+                limit,
+                continuation,
+                partition,
+            }
+        ),
         Just(Op::Status),
     ]
 }
@@ -190,6 +193,7 @@ fn limits_name_their_error_codes() {
             prefix: Bytes::from(vec![b'p'; prefix]),
             limit: 0,
             continuation: Bytes::from(vec![0; continuation]),
+            partition: Some(0),
         },
         ..put(1, 1)
     };

@@ -27,6 +27,7 @@ pub struct BenchArgs {
     pub target: Target,
     pub workload: WorkloadKind,
     pub clients: usize,
+    /// kahuna: pipelined connections per node shared by all clients; etcd: gRPC channels.
     pub connections: usize,
     pub duration: Duration,
     pub warmup: Duration,
@@ -107,7 +108,6 @@ fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, ArgsError>
 impl BenchArgs {
     pub fn parse(args: &[String]) -> Result<BenchArgs, ArgsError> {
         let mut parsed = BenchArgs::default();
-        let mut connections_given = false;
         let mut iter = args.iter();
         while let Some(flag) = iter.next() {
             if flag == "--json" {
@@ -149,10 +149,7 @@ impl BenchArgs {
                     })?
                 }
                 "--clients" => parsed.clients = number(flag, value)?,
-                "--connections" => {
-                    parsed.connections = number(flag, value)?;
-                    connections_given = true;
-                }
+                "--connections" => parsed.connections = number(flag, value)?,
                 "--duration" => parsed.duration = duration()?,
                 "--warmup" => parsed.warmup = duration()?,
                 "--value-size" => parsed.value_size = number(flag, value)?,
@@ -169,9 +166,6 @@ impl BenchArgs {
                 "--seed" => parsed.seed = number(flag, value)?,
                 other => return Err(ArgsError(format!("unknown flag '{other}'"))),
             }
-        }
-        if !connections_given {
-            parsed.connections = parsed.clients.min(parsed.endpoints.len().max(1));
         }
         parsed.validate()?;
         Ok(parsed)
@@ -245,11 +239,11 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_closed_loop_puts_and_connections_follow_clients() {
+    fn defaults_are_closed_loop_puts_on_one_connection() {
         let parsed = BenchArgs::parse(&args("--clients 2")).unwrap();
         assert_eq!(parsed.workload, WorkloadKind::Put);
         assert_eq!(parsed.rate, None);
-        assert_eq!(parsed.connections, 2);
+        assert_eq!(parsed.connections, 1);
         assert_eq!(parsed.value_size, 256);
     }
 

@@ -1,43 +1,47 @@
-//! The kahuna driver: each benchmark client drives its own blocking [`Client`] (one
-//! connection per node it talks to, following leader hints). The pipelined async client of
-//! issue 5 will let C connections carry N clients; until it lands, every client has its own
-//! connections and `--connections` is reported as not applied.
+//! The kahuna driver: one routing [`Client`] (the pipelined client) with `--connections`
+//! connections per node, shared by every benchmark client: each client thread blocks on its
+//! own request while the connections carry all clients' requests pipelined.
 
 use std::time::Duration;
 
 use super::driver::{Driver, DriverError, OpError, OpOutcome, Session};
 use super::workload::BenchOp;
-use crate::client::{Client, ClientError};
+use crate::client::{Client, ClientConfig, ClientError};
 use crate::proto::client::{ErrorCode, Op, Reply, Response};
 
 pub struct KahunaDriver {
-    endpoints: Vec<String>,
+    client: Client,
     clients: usize,
+    connections: usize,
 }
 
 impl KahunaDriver {
-    pub fn new(endpoints: Vec<String>, clients: usize) -> KahunaDriver {
-        KahunaDriver { endpoints, clients }
+    /// `connections` pipelined connections per node, shared by all `clients`.
+    pub fn new(endpoints: Vec<String>, clients: usize, connections: usize) -> KahunaDriver {
+        let config = ClientConfig::new(endpoints)
+            .deadline(Duration::from_secs(10))
+            .connections_per_endpoint(connections.max(1));
+        KahunaDriver {
+            client: Client::new(config),
+            clients,
+            connections,
+        }
     }
 }
 
 impl Driver for KahunaDriver {
     fn describe(&self) -> String {
         format!(
-            "kahuna, blocking client: {} clients, one connection each per node (--connections not applied)",
-            self.clients
+            "kahuna, pipelined client: {} clients sharing {} connection(s) per node",
+            self.clients, self.connections
         )
     }
 
-    fn session(&self, client: usize) -> Result<Box<dyn Session>, DriverError> {
-        // Start clients on different nodes so the first requests spread; leader hints do the
-        // rest. Client ids come from the clock at creation: sessions are created one after the
-        // other on one thread, so no two share an id (and a session table slot).
-        let mut endpoints = self.endpoints.clone();
-        endpoints.rotate_left(client % self.endpoints.len());
-        let mut inner = Client::new(endpoints);
-        inner.deadline = Duration::from_secs(10);
-        Ok(Box::new(KahunaSession { client: inner }))
+    fn session(&self, _client: usize) -> Result<Box<dyn Session>, DriverError> {
+        // Clones share the connections, the route cache and the session ids.
+        Ok(Box::new(KahunaSession {
+            client: self.client.clone(),
+        }))
     }
 }
 
@@ -63,16 +67,25 @@ impl Session for KahunaSession {
                 value,
             },
         };
-        match self.client.call(op) {
+        match futures_lite::future::block_on(self.client.execute(op)) {
             Ok(response) => outcome_of(response),
-            Err(error @ ClientError::Timeout(..)) => {
-                Err(OpError::new("timeout", error.to_string()))
-            }
-            Err(error @ ClientError::Unreachable(..)) => {
-                Err(OpError::new("unreachable", error.to_string()))
-            }
+            Err(error) => Err(error_of(&error)),
         }
     }
+}
+
+/// The counter name of a failed call: the refusal's code, or the kind of failure.
+fn error_of(error: &ClientError) -> OpError {
+    let kind = match error {
+        ClientError::Refused { code, .. } => format!("{code:?}"),
+        ClientError::Timeout {
+            outcome_unknown: true,
+            ..
+        } => "timeout_outcome_unknown".into(),
+        ClientError::Timeout { .. } => "timeout".into(),
+        ClientError::Protocol(_) => "protocol".into(),
+    };
+    OpError::new(kind, error.to_string())
 }
 
 fn revision_of(response: &Response) -> u64 {

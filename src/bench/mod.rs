@@ -21,7 +21,8 @@ pub const USAGE: &str = "usage: kahuna bench --endpoints HOST:PORT,... [--target
   [--workload put|get|mixed|cas] [--clients N] [--connections C] [--duration 30s]
   [--warmup 5s] [--value-size B] [--keys K] [--read-pct P] [--rate OPS_PER_S]
   [--distribution uniform|zipfian] [--seed S] [--json]
-closed loop unless --rate (open loop, latencies from intended start times); progress on
+--connections: kahuna, pipelined connections per node shared by all clients; etcd, gRPC
+channels (each to every endpoint) shared by all clients. Closed loop unless --rate (open loop, latencies from intended start times); progress on
 stderr every second; the last stdout line is
   ops=N ops_per_s=X p50_us=X p99_us=X p999_us=X max_us=X errors=N
 (with --json a JSON document with every percentile follows it)";
@@ -31,6 +32,7 @@ fn driver_for(args: &BenchArgs) -> Result<Box<dyn Driver>, String> {
         Target::Kahuna => Ok(Box::new(kahuna_driver::KahunaDriver::new(
             args.endpoints.clone(),
             args.clients,
+            args.connections,
         ))),
         #[cfg(feature = "etcd")]
         Target::Etcd => etcd_driver::EtcdDriver::connect(&args.endpoints, args.connections)

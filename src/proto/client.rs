@@ -57,6 +57,8 @@ pub enum Op {
         prefix: Bytes,
         limit: u32,
         continuation: Bytes,
+        /// The partition to read (a scan reads one partition; `None` is refused).
+        partition: Option<u64>,
     },
     Status,
 }
@@ -454,6 +456,7 @@ impl ClientEncoder {
                 prefix,
                 limit,
                 continuation,
+                partition,
             } => {
                 let prefix = Some(builder.create_vector(&prefix[..]));
                 let continuation = Some(builder.create_vector(&continuation[..]));
@@ -461,6 +464,7 @@ impl ClientEncoder {
                     prefix,
                     limit: *limit,
                     continuation,
+                    partition: *partition,
                 };
                 (
                     fb::Op::Scan,
@@ -764,6 +768,7 @@ pub fn decode_request(frame: &[u8]) -> Result<Request, ClientDecodeError> {
                 prefix: bytes_of(scan.prefix()),
                 limit: scan.limit(),
                 continuation: bytes_of(scan.continuation()),
+                partition: scan.partition(),
             }
         }
         fb::Op::Status => {

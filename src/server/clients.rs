@@ -20,11 +20,11 @@ use super::placement::{core_of, group_of, partition_of};
 use crate::kv::{Command, Op as KvOp, Outcome, Session};
 use crate::metrics::{self, OpKind};
 use crate::proto::client::{
-    decode_request, ClientEncoder, ErrorCode, NodeAddress, NodeStatus, Op, PartitionStatus, Reply,
-    Request, Response,
+    decode_request, effective_scan_limit, ClientEncoder, ErrorCode, KeyValue, NodeAddress,
+    NodeStatus, Op, PartitionStatus, Reply, Request, Response,
 };
 use crate::proto::frame::FrameDecoder;
-use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
+use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX, SCAN_PAGE_BYTES_MAX};
 
 /// What every connection handler of a core needs to know about the cluster.
 pub struct ClusterView {
@@ -132,7 +132,16 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
             let frame = match decoder.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
-                Err(error) => return Err(format!("bad frame: {error}")),
+                Err(error) => {
+                    // The request id is in the body, which was not read: answer with id 0
+                    // (the connection-level answer), then close.
+                    let _ = responses.try_send(Response::error(
+                        0,
+                        ErrorCode::FrameTooLarge,
+                        error.to_string(),
+                    ));
+                    return Err(format!("bad frame: {error}"));
+                }
             };
             let request = match decode_request(&frame) {
                 Ok(request) => request,
@@ -214,14 +223,27 @@ async fn handle(serving: &Serving, request: Request) -> Response {
         return refusal;
     }
     let id = request.request_id;
-    let key = match &request.op {
-        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key,
-        Op::Scan { .. } => {
-            return Response::error(id, ErrorCode::Unavailable, "scan is not implemented yet")
+    let partition = match &request.op {
+        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
+            partition_of(key, view.partitions)
         }
+        Op::Scan { partition, .. } => match *partition {
+            Some(partition) if partition < view.partitions => partition,
+            Some(partition) => {
+                let message = format!(
+                    "partition {partition} does not exist (the cluster has {})",
+                    view.partitions
+                );
+                return Response::error(id, ErrorCode::UnknownPartition, message);
+            }
+            None => {
+                let message = "a scan names its partition (keys are hash-partitioned)";
+                return Response::error(id, ErrorCode::Malformed, message);
+            }
+        },
         Op::Status => return node_status(serving, id).await,
     };
-    let owner = core_of(partition_of(key, view.partitions), view.cores);
+    let owner = core_of(partition, view.cores);
     if owner == core.core {
         handle_here(core, view, request).await
     } else {
@@ -294,10 +316,17 @@ async fn node_status(serving: &Serving, id: u64) -> Response {
 /// Serves a key request whose partition this core owns.
 async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> Response {
     let id = request.request_id;
-    let key = match &request.op {
-        Op::Get { key, .. } | Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => {
-            key.clone()
-        }
+    let key = match request.op {
+        Op::Get { ref key, .. }
+        | Op::Put { ref key, .. }
+        | Op::Delete { ref key }
+        | Op::Cas { ref key, .. } => key.clone(),
+        Op::Scan {
+            prefix,
+            limit,
+            continuation,
+            partition: Some(partition),
+        } => return scan_here(core, view, id, partition, prefix, limit, continuation).await,
         Op::Scan { .. } | Op::Status => {
             return Response::error(id, ErrorCode::Internal, "not a single-key request")
         }
@@ -353,6 +382,91 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
             }
         }
     }
+}
+
+/// Serves one page of a scan of a partition this core owns, after a ReadIndex (linearizable
+/// for this partition); the storage read runs on the blocking pool.
+async fn scan_here(
+    core: &CoreState,
+    view: &ClusterView,
+    id: u64,
+    partition: u64,
+    prefix: Bytes,
+    limit: u32,
+    continuation: Bytes,
+) -> Response {
+    if core_of(partition, view.cores) != core.core {
+        let message = format!("partition {partition} reached core {}", core.core);
+        return Response::error(id, ErrorCode::Internal, message);
+    }
+    let group = group_of(partition);
+    if let Err(error) = core.read_barrier(group).await {
+        return failure(view, id, error);
+    }
+    let Some((start, end)) = scan_range(&prefix, &continuation) else {
+        return Response::ok(
+            id,
+            Some(Reply::Scan {
+                items: Vec::new(),
+                continuation: Bytes::new(),
+            }),
+        );
+    };
+    let items_max = effective_scan_limit(limit) as usize;
+    let page = core
+        .storage
+        .scan_page(group, start, end, items_max, SCAN_PAGE_BYTES_MAX)
+        .await;
+    let (pairs, more) = match page {
+        Ok(page) => page,
+        Err(error) => return Response::error(id, ErrorCode::Internal, error.to_string()),
+    };
+    let mut items = Vec::with_capacity(pairs.len());
+    for (key, stored) in pairs {
+        match crate::kv::StoredValue::decode(&stored) {
+            Ok(stored) => items.push(KeyValue {
+                key,
+                value: stored.value,
+                revision: stored.meta.revision,
+            }),
+            Err(error) => return Response::error(id, ErrorCode::Internal, error.to_string()),
+        }
+    }
+    let continuation = match items.last() {
+        Some(last) if more => last.key.clone(),
+        _ => Bytes::new(),
+    };
+    Response::ok(
+        id,
+        Some(Reply::Scan {
+            items,
+            continuation,
+        }),
+    )
+}
+
+/// The key range `[start, end)` of a scan page (empty `end`: to the end of the partition):
+/// user keys starting with `prefix`, after `continuation` (the last key already returned).
+/// `None` when the range is empty.
+pub fn scan_range(prefix: &[u8], continuation: &[u8]) -> Option<(Bytes, Bytes)> {
+    let mut start = prefix.to_vec().max(crate::kv::USER_KEYS_START.to_vec());
+    if !continuation.is_empty() {
+        let mut after = continuation.to_vec();
+        after.push(0);
+        start = start.max(after);
+    }
+    // The end: the smallest key above every key with the prefix.
+    let mut end = prefix.to_vec();
+    while end.last() == Some(&0xff) {
+        end.pop();
+    }
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    if !end.is_empty() && start >= end {
+        return None;
+    }
+    Some((Bytes::from(start), Bytes::from(end)))
 }
 
 fn status(core: &CoreState, view: &ClusterView) -> NodeStatus {

@@ -8,8 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::config::{ConfigError, DEFAULT_CLIENT_PORT, DEFAULT_PARTITIONS};
-use crate::client::Client;
-use crate::proto::client::Reply;
+use crate::client::BlockingClient;
 
 pub struct PlaygroundConfig {
     pub nodes: u64,
@@ -121,16 +120,14 @@ extern "C" fn on_signal(_: libc::c_int) {
 /// Waits until every partition has a leader known to some node. Returns false on timeout.
 pub fn wait_for_leaders(endpoints: &[String], partitions: u64, timeout: Duration) -> bool {
     let start = Instant::now();
-    let mut client = Client::new(endpoints.to_vec());
+    let client = BlockingClient::with_endpoints(endpoints.to_vec());
     while start.elapsed() < timeout {
         let mut led = std::collections::BTreeSet::new();
         for endpoint in endpoints {
-            if let Ok(response) = client.status_of(endpoint) {
-                if let Some(Reply::Status(status)) = response.reply {
-                    for partition in status.partitions {
-                        if partition.leader != 0 && partition.role == crate::raft::Role::Leader {
-                            led.insert(partition.partition);
-                        }
+            if let Ok(status) = client.status_of(endpoint) {
+                for partition in status.partitions {
+                    if partition.leader != 0 && partition.role == crate::raft::Role::Leader {
+                        led.insert(partition.partition);
                     }
                 }
             }

@@ -62,6 +62,27 @@ impl StorageWriter {
             .await
     }
 
+    /// One page of `group`'s kv data in `[start, end)` (empty `end`: to the group's end), read
+    /// on the blocking pool: at most `items_max` pairs and, past the first pair, at most
+    /// `bytes_max` bytes of keys and values. The flag says whether more pairs may follow.
+    pub async fn scan_page(
+        &self,
+        group: GroupId,
+        start: Bytes,
+        end: Bytes,
+        items_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
+        assert!(items_max > 0, "a page holds at least one item");
+        let backend = self.backend.clone();
+        glommio::executor()
+            .spawn_blocking(move || {
+                let backend = backend.lock().map_err(|_| poisoned())?;
+                scan_page(&**backend, group, &start, &end, items_max, bytes_max)
+            })
+            .await
+    }
+
     /// A consistent image of `group`'s kv data as of the last written batch, with the applied
     /// position it covers, read on the blocking pool.
     pub async fn snapshot(&self, group: GroupId) -> Result<(crate::raft::SnapshotMeta, Bytes)> {
@@ -101,6 +122,43 @@ impl StorageWriter {
             .lock()
             .map_err(|_| poisoned())?
             .kv_get(group, key)
+    }
+}
+
+/// Reads a scan page in chunks, so a page of large values stops at its byte bound without
+/// having read (and held) every item the item bound would allow.
+fn scan_page(
+    backend: &dyn Backend,
+    group: GroupId,
+    start: &[u8],
+    end: &[u8],
+    items_max: usize,
+    bytes_max: usize,
+) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
+    const CHUNK_ITEMS: usize = 64;
+    let mut page: Vec<(Bytes, Bytes)> = Vec::new();
+    let mut bytes = 0usize;
+    let mut from = start.to_vec();
+    loop {
+        // One more than still fits, to learn whether anything follows.
+        let want = (items_max - page.len()).min(CHUNK_ITEMS) + 1;
+        let chunk = backend.kv_scan(group, &from, end, want)?;
+        let exhausted = chunk.len() < want;
+        for (key, value) in chunk {
+            let size = key.len() + value.len();
+            if page.len() == items_max || (!page.is_empty() && bytes + size > bytes_max) {
+                return Ok((page, true));
+            }
+            bytes += size;
+            // The smallest key after `key`.
+            from.clear();
+            from.extend_from_slice(&key);
+            from.push(0);
+            page.push((key, value));
+        }
+        if exhausted {
+            return Ok((page, false));
+        }
     }
 }
 

@@ -9,8 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kahuna::client::{Client, Connection};
-use kahuna::proto::client::{Op, Reply, Request, Response};
+use kahuna::client::{BlockingClient, CallError, ClientConfig, Connection};
+use kahuna::proto::client::{Op, Reply, Response};
 use kahuna::server::playground::PlaygroundConfig;
 
 pub struct ProcessCluster {
@@ -71,12 +71,9 @@ impl ProcessCluster {
 
     /// The node currently leading `partition`, from the running nodes' own status reports.
     pub fn leader_of(&self, partition: u64) -> Option<u64> {
-        let mut client = Client::new(self.endpoints());
+        let client = BlockingClient::with_endpoints(self.endpoints());
         for node in self.children.keys() {
-            let Ok(response) = client.status_of(&self.config.client_addr(*node)) else {
-                continue;
-            };
-            let Some(Reply::Status(status)) = response.reply else {
+            let Ok(status) = client.status_of(&self.config.client_addr(*node)) else {
                 continue;
             };
             for p in status.partitions {
@@ -90,9 +87,13 @@ impl ProcessCluster {
 
     /// `node`'s local copy of `key` (a stale read), `None` when absent or unreachable.
     pub fn stale_get(&self, node: u64, key: &[u8]) -> Option<Bytes> {
-        let mut connection =
-            Connection::connect(&self.config.client_addr(node), Duration::from_secs(2)).ok()?;
-        match stale_get_on(&mut connection, 1, key).ok()?.reply {
+        let connection = Connection::connect_blocking(
+            &self.config.client_addr(node),
+            16,
+            Duration::from_secs(2),
+        )
+        .ok()?;
+        match stale_get_on(&connection, key).ok()?.reply {
             Some(Reply::Value { value, .. }) => Some(value),
             _ => None,
         }
@@ -108,23 +109,29 @@ impl Drop for ProcessCluster {
     }
 }
 
+impl ProcessCluster {
+    /// A client whose first endpoint is `node` (it learns the others from status answers),
+    /// with a deadline long enough to ride out a failover.
+    pub fn client_via(&self, node: u64) -> BlockingClient {
+        let first = self.config.client_addr(node);
+        let mut endpoints = vec![first.clone()];
+        endpoints.extend(self.endpoints().into_iter().filter(|e| *e != first));
+        BlockingClient::new(ClientConfig::new(endpoints).deadline(Duration::from_secs(30)))
+    }
+
+    /// A client of the whole cluster with a deadline long enough to ride out a failover.
+    pub fn client(&self) -> BlockingClient {
+        BlockingClient::new(ClientConfig::new(self.endpoints()).deadline(Duration::from_secs(30)))
+    }
+}
+
 /// A stale (local) read of `key` on an open connection.
-pub fn stale_get_on(
-    connection: &mut Connection,
-    request_id: u64,
-    key: &[u8],
-) -> Result<Response, kahuna::client::ConnectionError> {
-    let request = Request {
-        request_id,
-        client_id: 0,
-        sequence: 0,
-        cluster_id: 0,
-        op: Op::Get {
-            key: Bytes::copy_from_slice(key),
-            stale_ok: true,
-        },
+pub fn stale_get_on(connection: &Connection, key: &[u8]) -> Result<Response, CallError> {
+    let op = Op::Get {
+        key: Bytes::copy_from_slice(key),
+        stale_ok: true,
     };
-    connection.call(&request)
+    connection.call_blocking(op, 0, 0, 0, Duration::from_secs(5))
 }
 
 /// Polls `condition` until it holds; panics with `what` after `timeout`.

@@ -905,6 +905,9 @@ pub enum ScanOffset {}
 /// Keys starting with `prefix`, in key order, at most `limit` of them (0 = the server's default;
 /// larger than the server's maximum = the maximum). A page may end early to bound its bytes.
 /// `continuation` is empty for the first page, then the token of the previous page's answer.
+/// Keys are hash-partitioned, so a scan reads one partition (`partition`, required: a scan
+/// without one is refused as Malformed) on its leader after a ReadIndex; the client merges
+/// the partitions' pages in key order. The continuation token is the last key returned.
 pub struct Scan<'a> {
   pub _tab: ::flatbuffers::Table<'a>,
 }
@@ -921,6 +924,7 @@ impl<'a> Scan<'a> {
   pub const VT_PREFIX: ::flatbuffers::VOffsetT = 4;
   pub const VT_LIMIT: ::flatbuffers::VOffsetT = 6;
   pub const VT_CONTINUATION: ::flatbuffers::VOffsetT = 8;
+  pub const VT_PARTITION: ::flatbuffers::VOffsetT = 10;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -932,6 +936,7 @@ impl<'a> Scan<'a> {
     args: &'args ScanArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Scan<'bldr>> {
     let mut builder = ScanBuilder::new(_fbb);
+    if let Some(x) = args.partition { builder.add_partition(x); }
     if let Some(x) = args.continuation { builder.add_continuation(x); }
     builder.add_limit(args.limit);
     if let Some(x) = args.prefix { builder.add_prefix(x); }
@@ -960,6 +965,13 @@ impl<'a> Scan<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u8>>>(Scan::VT_CONTINUATION, None)}
   }
+  #[inline]
+  pub fn partition(&self) -> Option<u64> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Scan::VT_PARTITION, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Scan<'_> {
@@ -971,6 +983,7 @@ impl ::flatbuffers::Verifiable for Scan<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("prefix", Self::VT_PREFIX, false)?
      .visit_field::<u32>("limit", Self::VT_LIMIT, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u8>>>("continuation", Self::VT_CONTINUATION, false)?
+     .visit_field::<u64>("partition", Self::VT_PARTITION, false)?
      .finish();
     Ok(())
   }
@@ -979,6 +992,7 @@ pub struct ScanArgs<'a> {
     pub prefix: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
     pub limit: u32,
     pub continuation: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u8>>>,
+    pub partition: Option<u64>,
 }
 impl<'a> Default for ScanArgs<'a> {
   #[inline]
@@ -987,6 +1001,7 @@ impl<'a> Default for ScanArgs<'a> {
       prefix: None,
       limit: 0,
       continuation: None,
+      partition: None,
     }
   }
 }
@@ -1009,6 +1024,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> ScanBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Scan::VT_CONTINUATION, continuation);
   }
   #[inline]
+  pub fn add_partition(&mut self, partition: u64) {
+    self.fbb_.push_slot_always::<u64>(Scan::VT_PARTITION, partition);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> ScanBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     ScanBuilder {
@@ -1029,6 +1048,7 @@ impl ::core::fmt::Debug for Scan<'_> {
       ds.field("prefix", &self.prefix());
       ds.field("limit", &self.limit());
       ds.field("continuation", &self.continuation());
+      ds.field("partition", &self.partition());
       ds.finish()
   }
 }
