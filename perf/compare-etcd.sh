@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# kahuna vs etcd, side by side, driven by the same `kahuna bench` client code (the etcd
-# driver is the `etcd` cargo feature). Starts a 3-member etcd 3.4 cluster (Debian's
+# kahuna vs etcd, side by side, driven by the same `kahuna bench` client code. The etcd side
+# runs perf/etcd-bench: the same harness source files with the etcd driver, built on its own
+# so RocksDB is not recompiled (a `cargo build --release --features etcd` kahuna does the
+# same and can be used instead: ETCD_BENCH_BIN="target/release/kahuna bench"). Starts a 3-member etcd 3.4 cluster (Debian's
 # etcd-server; fsync on) and a 3-node kahuna cluster (64 partitions, RocksDB, synced batches)
 # on loopback, each member with its own data directory, and runs the same put workload
 # against both at 1, 16, 64 and 256 clients: 256-byte values over 100,000 keys (uniform).
@@ -18,18 +20,23 @@ WARMUP=${2:-3s}
 CLIENT_COUNTS=${CLIENT_COUNTS:-"1 16 64 256"}
 BASE=${BASE:-22600}
 BIN=${KAHUNA_BIN:-target/release/kahuna}
+ETCD_BENCH=${ETCD_BENCH_BIN:-perf/etcd-bench/target/release/kahuna-etcd-bench}
 command -v etcd >/dev/null || { echo "needs etcd: apt-get install -y etcd-server etcd-client" >&2; exit 2; }
-if [ -z "${KAHUNA_BIN:-}" ]; then cargo build --release --features etcd --bin kahuna; fi
+[ -n "${KAHUNA_BIN:-}" ] || cargo build --release --bin kahuna
+[ -n "${ETCD_BENCH_BIN:-}" ] || (cd perf/etcd-bench && cargo build --release)
 . perf/lib-cluster.sh
 start_etcd
 start_kahuna 64
 echo "# $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), $(uname -r)"
 echo "# etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members; kahuna 3 nodes x 1 core, 64 partitions, unpinned; all on this machine"
+echo "# clients: kahuna 1 pipelined connection per node shared by all clients; etcd min(clients, 8) gRPC channels"
 echo "# puts, 256 B values, 100000 keys, uniform, closed loop, $WARMUP warmup + $DURATION measured per run"
 run() { # system endpoints clients -> summary line
-  local connections=$3
-  [ "$connections" -gt 8 ] && connections=8
-  "$BIN" bench --target "$1" --endpoints "$2" --workload put --clients "$3" --connections "$connections" \
+  local connections=1 harness="$BIN bench"
+  if [ "$1" = etcd ]; then
+    harness=$ETCD_BENCH; connections=$3; [ "$connections" -gt 8 ] && connections=8
+  fi
+  $harness --target "$1" --endpoints "$2" --workload put --clients "$3" --connections "$connections" \
     --duration "$DURATION" --warmup "$WARMUP" --value-size 256 --keys 100000 2>>"$WORK/bench.log" | grep '^ops='
 }
 field() { echo "$1" | tr ' ' '\n' | awk -F= -v k="$2" '$1==k {print $2}'; }

@@ -7,6 +7,7 @@ pub mod args;
 pub mod driver;
 #[cfg(feature = "etcd")]
 pub mod etcd_driver;
+pub mod harness;
 pub mod kahuna_driver;
 pub mod report;
 pub mod runner;
@@ -14,8 +15,6 @@ pub mod workload;
 
 use args::{BenchArgs, Target};
 use driver::Driver;
-use runner::RunPlan;
-use workload::{Distribution, Workload, Zipfian, ZIPFIAN_THETA};
 
 pub const USAGE: &str = "usage: kahuna bench --endpoints HOST:PORT,... [--target kahuna|etcd]
   [--workload put|get|mixed|cas] [--clients N] [--connections C] [--duration 30s]
@@ -65,79 +64,5 @@ pub fn main(raw_args: &[String]) -> u8 {
             return 2;
         }
     };
-    let zipfian = (args.distribution == Distribution::Zipfian)
-        .then(|| Zipfian::new(args.keys, ZIPFIAN_THETA));
-    let mut sessions = Vec::with_capacity(args.clients);
-    for client in 0..args.clients {
-        let session = match driver.session(client) {
-            Ok(session) => session,
-            Err(error) => {
-                eprintln!("kahuna bench: client {client}: {error}");
-                return 2;
-            }
-        };
-        let workload = Workload::new(
-            args.workload,
-            args.read_pct,
-            args.keys,
-            zipfian.clone(),
-            args.value_size,
-            args.seed.wrapping_add(client as u64),
-        );
-        sessions.push((session, workload));
-    }
-    let mode = match args.rate {
-        Some(rate) => format!("open loop at {rate} ops/s (latency from intended start)"),
-        None => "closed loop".to_string(),
-    };
-    eprintln!(
-        "# kahuna bench: {}; workload {} ({} keys, {}, {}-byte values{}); {}; warmup {:?}, measured {:?}; client on {} cpus",
-        driver.describe(),
-        args.workload.name(),
-        args.keys,
-        args.distribution.name(),
-        args.value_size,
-        if args.workload == workload::WorkloadKind::Mixed {
-            format!(", {}% reads", args.read_pct)
-        } else {
-            String::new()
-        },
-        mode,
-        args.warmup,
-        args.duration,
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    );
-    let plan = RunPlan {
-        clients: args.clients,
-        warmup: args.warmup,
-        duration: args.duration,
-        rate: args.rate,
-        progress: true,
-    };
-    let result = runner::run(&plan, sessions);
-    let totals = &result.totals;
-    println!(
-        "outcomes: not_found={} conflicts={} {}",
-        totals.not_found,
-        totals.conflicts,
-        report::errors_text(&totals.errors)
-    );
-    println!("{}", report::summary_line(totals, result.measured));
-    if args.json {
-        let context = [
-            ("target", args.target.name().to_string()),
-            ("workload", args.workload.name().to_string()),
-            ("distribution", args.distribution.name().to_string()),
-            ("clients", args.clients.to_string()),
-            ("connections", args.connections.to_string()),
-            ("value_size", args.value_size.to_string()),
-            ("keys", args.keys.to_string()),
-            ("mode", mode),
-        ];
-        println!(
-            "{}",
-            report::json_document(&context, totals, result.measured)
-        );
-    }
-    0
+    harness::run(&args, driver.as_ref())
 }
