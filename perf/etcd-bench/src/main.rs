@@ -3,24 +3,23 @@
 
 #![allow(dead_code)]
 
-mod bench {
-    #[path = "../../../../src/bench/args.rs"]
-    pub mod args;
-    #[path = "../../../../src/bench/driver.rs"]
-    pub mod driver;
-    #[path = "../../../../src/bench/etcd_driver.rs"]
-    pub mod etcd_driver;
-    #[path = "../../../../src/bench/harness.rs"]
-    pub mod harness;
-    #[path = "../../../../src/bench/report.rs"]
-    pub mod report;
-    #[path = "../../../../src/bench/runner.rs"]
-    pub mod runner;
-    #[path = "../../../../src/bench/workload.rs"]
-    pub mod workload;
-}
+// At the crate root, as siblings: the files refer to each other as `super::NAME`.
+#[path = "../../../src/bench/args.rs"]
+mod args;
+#[path = "../../../src/bench/driver.rs"]
+mod driver;
+#[path = "../../../src/bench/etcd_driver.rs"]
+mod etcd_driver;
+#[path = "../../../src/bench/harness.rs"]
+mod harness;
+#[path = "../../../src/bench/report.rs"]
+mod report;
+#[path = "../../../src/bench/runner.rs"]
+mod runner;
+#[path = "../../../src/bench/workload.rs"]
+mod workload;
 
-use bench::args::{BenchArgs, Target};
+use args::{BenchArgs, Target};
 
 fn main() -> std::process::ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
@@ -35,12 +34,12 @@ fn main() -> std::process::ExitCode {
         eprintln!("kahuna-etcd-bench drives etcd only (--target etcd); use kahuna bench for kahuna");
         return std::process::ExitCode::from(2);
     }
-    let driver = match bench::etcd_driver::EtcdDriver::connect(&args.endpoints, args.connections) {
+    let driver = match etcd_driver::EtcdDriver::connect(&args.endpoints, args.connections) {
         Ok(driver) => driver,
         Err(error) => {
             eprintln!("kahuna-etcd-bench: {error}");
             return std::process::ExitCode::from(2);
         }
     };
-    std::process::ExitCode::from(bench::harness::run(&args, &driver))
+    std::process::ExitCode::from(harness::run(&args, &driver))
 }
