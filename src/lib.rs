@@ -6,10 +6,12 @@
 //! [`server`] (the node), [`client`] (the native client).
 //! [`lincheck`] checks recorded client histories for linearizability (process tests).
 
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod kv;
 pub mod lincheck;
+pub mod metrics;
 pub mod proto;
 pub mod raft;
 pub mod server;

@@ -14,9 +14,11 @@ commands:
               [--id N] [--data-dir DIR] [--client-addr HOST:PORT] [--peer-addr HOST:PORT]
               [--peers ID=HOST:PORT,...] [--client-addrs ID=HOST:PORT,...] [--partitions P]
               [--cores C] [--storage rocksdb|sqlite] [--pin auto|none|CPU,...] [--cluster-id N]
+              [--metrics-addr HOST:PORT]  (Prometheus text at http://HOST:PORT/metrics)
   playground  run a local cluster on loopback and print its endpoints
               [--nodes 3] [--data-dir DIR] [--base-port PORT] [--cores C] [--partitions P]
   partition-of KEY PARTITIONS   the partition a key belongs to (stable hash)
+  bench       benchmark a cluster (kahuna bench --help)
   version
 client commands:
 ";
@@ -41,6 +43,7 @@ fn main() -> ExitCode {
             }
         },
         client if kahuna::cli::COMMANDS.contains(&client) => kahuna::cli::run(client, rest),
+        "bench" => ExitCode::from(kahuna::bench::main(rest)),
         "partition-of" => match rest {
             [key, partitions] => match partitions.parse::<u64>() {
                 Ok(partitions) if partitions > 0 => {

@@ -18,6 +18,7 @@ use super::core::{CoreState, ProposeFailure, WriteResult};
 use super::mesh::Router;
 use super::placement::{core_of, group_of, partition_of};
 use crate::kv::{Command, Op as KvOp, Outcome, Session};
+use crate::metrics::{self, OpKind};
 use crate::proto::client::{
     decode_request, effective_scan_limit, ClientEncoder, ErrorCode, KeyValue, NodeAddress,
     NodeStatus, Op, PartitionStatus, Reply, Request, Response,
@@ -172,7 +173,13 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
             let responses = responses.clone();
             let in_flight = in_flight.clone();
             glommio::spawn_local(async move {
+                let (arrived, op) = (std::time::Instant::now(), OpKind::of(&request.op));
                 let response = handle(&serving, request).await;
+                metrics::core(serving.core.core).request_done(
+                    op,
+                    response.error,
+                    arrived.elapsed(),
+                );
                 in_flight.set(in_flight.get() - 1);
                 let _ = responses.send(response).await;
             })

@@ -100,6 +100,7 @@ impl CoreState {
                 .propose(group, data)
                 .map_err(|e| ProposeFailure::Refused(e.to_string()))?
         };
+        crate::metrics::stages::proposed(self.core, group, index);
         let (sender, receiver) = local_channel::new_bounded(1);
         self.waiters.borrow_mut().insert(
             (group, index),
@@ -211,6 +212,7 @@ pub async fn run_loop(
             start_fetches(&state);
             if let Some(mut collected_batch) = collected_batch {
                 worked = true;
+                crate::metrics::stages::collected(state.core, &collected_batch.batch);
                 for (peer, messages) in std::mem::take(&mut collected_batch.batch.send_now) {
                     let _ = state.transport.send(peer, messages);
                 }
@@ -261,7 +263,10 @@ async fn write_batches(
         // Nothing to write: every earlier batch is written first (this task writes them in
         // order), so this one is as durable as they are, without a sync.
         if !batch.write.is_empty() {
-            if let Err(error) = state.storage.write(batch.write).await {
+            let writing = Instant::now();
+            let written = state.storage.write(batch.write).await;
+            crate::metrics::core(state.core).storage_written(writing.elapsed());
+            if let Err(error) = written {
                 // A failed write leaves the log in an unknown state: stop serving rather than
                 // acknowledge anything that may not be durable.
                 eprintln!(
@@ -276,6 +281,7 @@ async fn write_batches(
             let _ = state.transport.send(peer, messages);
         }
         complete_writes(&state, &batch.restored, &batch.applied, completions);
+        crate::metrics::stages::completed(state.core, &batch.applied);
         for (_group, context) in batch.dropped_reads {
             if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
                 let _ = sender.try_send(None);

@@ -71,6 +71,13 @@ pub fn describe_placement(config: &NodeConfig) -> String {
 pub fn run(config: NodeConfig) -> Result<(), NodeError> {
     config.validate()?;
     let memlock = raise_memlock_limit();
+    if let Some(addr) = &config.metrics_addr {
+        crate::metrics::http::start(addr, config.cores).map_err(|e| {
+            NodeError::Config(super::config::ConfigError(format!(
+                "--metrics-addr {addr}: {e}"
+            )))
+        })?;
+    }
     let data_dir = DataDir::open(&config.data_dir, config.cores, config.storage)?;
     // Mesh positions follow executor creation order: the executors are created in core order
     // below, one after the other. `mesh` outlives every executor (the builder's shared parts

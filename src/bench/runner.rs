@@ -1,0 +1,274 @@
+//! Runs the clients: one OS thread per benchmark client, each executing its workload through
+//! its driver session, closed loop (next operation when the last answered) or open loop at a
+//! fixed rate. Open-loop latencies are measured from each operation's INTENDED start, so a
+//! stalled server is charged for the operations that queued behind the stall (no coordinated
+//! omission). A reporter prints one progress line per second.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::driver::{OpOutcome, Session};
+use super::report::{progress_line, Totals};
+use super::workload::Workload;
+
+/// The open-loop schedule of one client: `rate` operations per second shared evenly by
+/// `clients` clients, interleaved so the whole run issues at an even pace.
+#[derive(Clone, Copy, Debug)]
+pub struct Pacer {
+    client: usize,
+    clients: usize,
+    rate: f64,
+}
+
+impl Pacer {
+    pub fn new(client: usize, clients: usize, rate: f64) -> Pacer {
+        assert!(client < clients, "client {client} of {clients}");
+        assert!(rate > 0.0, "rate {rate}");
+        Pacer {
+            client,
+            clients,
+            rate,
+        }
+    }
+
+    /// When this client's `k`-th operation is meant to start, from the run's start.
+    pub fn intended_offset(&self, k: u64) -> Duration {
+        let slot = k as f64 * self.clients as f64 + self.client as f64;
+        Duration::from_secs_f64(slot / self.rate)
+    }
+}
+
+/// The latency charged to an operation: from when it should have started (open loop) or did
+/// start (closed loop) to its answer.
+pub fn charged_latency(intended_start: Instant, completed: Instant) -> Duration {
+    completed.saturating_duration_since(intended_start)
+}
+
+pub struct RunPlan {
+    pub clients: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    pub rate: Option<f64>,
+    pub progress: bool,
+}
+
+/// What one client counted, shared with the reporter (locked once per operation by its
+/// client and once per second by the reporter: uncontended).
+#[derive(Default)]
+struct ClientStats {
+    /// Since the reporter's last look (warmup included), for the progress line.
+    interval: Totals,
+    /// Operations started inside the measured window.
+    measured: Totals,
+}
+
+pub struct RunResult {
+    pub totals: Totals,
+    pub measured: Duration,
+}
+
+fn count(totals: &mut Totals, outcome: &Result<OpOutcome, String>, micros: u64) {
+    match outcome {
+        Ok(outcome) => {
+            totals.latency_us.saturating_record(micros.max(1));
+            match outcome {
+                OpOutcome::Done { .. } => {}
+                OpOutcome::NotFound => totals.not_found += 1,
+                OpOutcome::Conflict { .. } => totals.conflicts += 1,
+            }
+        }
+        Err(kind) => *totals.errors.entry(kind.clone()).or_insert(0) += 1,
+    }
+}
+
+fn record(
+    stats: &Mutex<ClientStats>,
+    outcome: &Result<OpOutcome, String>,
+    latency: Duration,
+    measured: bool,
+) {
+    let micros = latency.as_micros().min(u128::from(u64::MAX)) as u64;
+    let mut stats = stats.lock().expect("client stats lock");
+    count(&mut stats.interval, outcome, micros);
+    if measured {
+        count(&mut stats.measured, outcome, micros);
+    }
+}
+
+/// One client thread's share of the run.
+struct ClientRun {
+    session: Box<dyn Session>,
+    workload: Workload,
+    pacer: Option<Pacer>,
+    start: Instant,
+    /// Operations (intended to) start from here on count in the result.
+    measure_from: Instant,
+    /// No operation starts at or after this.
+    end: Instant,
+    stats: Arc<Mutex<ClientStats>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl ClientRun {
+    fn run(mut self) {
+        let mut k = 0u64;
+        loop {
+            let intended = match self.pacer {
+                Some(pacer) => self.start + pacer.intended_offset(k),
+                None => Instant::now(),
+            };
+            k += 1;
+            if intended >= self.end || self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let now = Instant::now();
+            if intended > now {
+                std::thread::sleep(intended - now);
+            }
+            let op = self.workload.next_op();
+            let result = self.session.execute(&op);
+            let completed = Instant::now();
+            match &result {
+                Ok(OpOutcome::Done { revision }) => {
+                    self.workload.observe_revision(op.key(), *revision)
+                }
+                Ok(OpOutcome::Conflict { current_revision }) => {
+                    self.workload.observe_revision(op.key(), *current_revision)
+                }
+                _ => {}
+            }
+            let outcome = result.map_err(|error| error.kind);
+            record(
+                &self.stats,
+                &outcome,
+                charged_latency(intended, completed),
+                intended >= self.measure_from,
+            );
+        }
+    }
+}
+
+/// Runs `sessions` (one per client) with their workloads; prints progress to stderr.
+pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunResult {
+    assert_eq!(sessions.len(), plan.clients, "one session per client");
+    let start = Instant::now();
+    let end = start + plan.warmup + plan.duration;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut stats = Vec::with_capacity(plan.clients);
+    let mut threads = Vec::with_capacity(plan.clients);
+    for (client, (session, workload)) in sessions.into_iter().enumerate() {
+        let client_stats = Arc::new(Mutex::new(ClientStats::default()));
+        stats.push(client_stats.clone());
+        let pacer = plan.rate.map(|rate| Pacer::new(client, plan.clients, rate));
+        let run = ClientRun {
+            session,
+            workload,
+            pacer,
+            start,
+            measure_from: start + plan.warmup,
+            end,
+            stats: client_stats,
+            stop: stop.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("bench-client-{client}"))
+            .stack_size(256 << 10)
+            .spawn(move || run.run())
+            .expect("spawn a benchmark client thread");
+        threads.push(thread);
+    }
+    let mut last = start;
+    while Instant::now() < end {
+        let next = (last + Duration::from_secs(1)).min(end);
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        let now = Instant::now();
+        let mut interval = Totals::default();
+        for client_stats in &stats {
+            let mut client_stats = client_stats.lock().expect("client stats lock");
+            interval.merge(&client_stats.interval);
+            client_stats.interval.reset();
+        }
+        if plan.progress {
+            let elapsed = now - start;
+            eprintln!(
+                "{}",
+                progress_line(elapsed, &interval, now - last, last - start < plan.warmup)
+            );
+        }
+        last = now;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        let _ = thread.join();
+    }
+    let mut totals = Totals::default();
+    for client_stats in &stats {
+        totals.merge(&client_stats.lock().expect("client stats lock").measured);
+    }
+    RunResult {
+        totals,
+        measured: plan.duration,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacer_interleaves_clients_at_the_total_rate() {
+        let rate = 1000.0;
+        let pacers: Vec<Pacer> = (0..4).map(|c| Pacer::new(c, 4, rate)).collect();
+        let mut starts: Vec<Duration> = pacers
+            .iter()
+            .flat_map(|p| (0..250).map(move |k| p.intended_offset(k)))
+            .collect();
+        starts.sort();
+        // 1,000 operations in one second, one every millisecond.
+        for (i, start) in starts.iter().enumerate() {
+            let expected = Duration::from_micros(i as u64 * 1000);
+            let diff = start.abs_diff(expected);
+            assert!(diff < Duration::from_micros(1), "{i}: {start:?}");
+        }
+    }
+
+    /// Replays a client against a server that stalls: intended starts from the pacer, each
+    /// operation starts when both due and the previous one answered. A 1 s stall at 100 ops/s
+    /// must be charged to the ~100 operations that queued behind it, not to one.
+    #[test]
+    fn open_loop_charges_a_stall_to_every_operation_behind_it() {
+        let pacer = Pacer::new(0, 1, 100.0);
+        let origin = Instant::now();
+        let service = |k: u64| {
+            if k == 10 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_micros(100)
+            }
+        };
+        let mut free_at = origin;
+        let mut latencies = Vec::new();
+        for k in 0..300 {
+            let intended = origin + pacer.intended_offset(k);
+            let started = intended.max(free_at);
+            let completed = started + service(k);
+            free_at = completed;
+            latencies.push(charged_latency(intended, completed));
+        }
+        let slow = latencies
+            .iter()
+            .filter(|l| **l > Duration::from_millis(10))
+            .count();
+        assert!((95..=101).contains(&slow), "{slow} slow operations");
+        assert!(latencies[10] >= Duration::from_secs(1));
+        // The operation due right after the stall began waited nearly the whole second.
+        assert!(
+            latencies[11] >= Duration::from_millis(980),
+            "{:?}",
+            latencies[11]
+        );
+        // Long after the stall the client has caught up.
+        assert!(latencies[299] < Duration::from_millis(1));
+    }
+}

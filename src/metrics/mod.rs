@@ -1,0 +1,130 @@
+//! Node metrics: per-core counters and latency histograms of the write path and the client
+//! port, cheap enough for the hot path (relaxed atomic adds on the core's own cache lines; no
+//! locks, no allocation), served in the Prometheus text format by a small HTTP responder on
+//! its own thread (`kahuna serve --metrics-addr HOST:PORT`). This module only observes: it
+//! never changes what the node does, and a metrics failure never stops serving.
+//!
+//! Write-path stages (see [`stages`]): time in queue (proposal -> the batch that carries it),
+//! batch size, storage write and sync, replication (append sent -> committed and applied in a
+//! batch), apply (applied in a batch -> that batch durable and the client answered), and the
+//! end-to-end latency of client requests by operation, with requests counted by error code.
+
+pub mod exposition;
+pub mod histogram;
+pub mod http;
+pub mod stages;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use histogram::AtomicHistogram;
+
+use crate::proto::client::{ErrorCode, Op};
+use crate::server::config::CORES_MAX;
+
+/// Client operations as the metrics name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OpKind {
+    Get,
+    Put,
+    Delete,
+    Cas,
+    Scan,
+    Status,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 6] = [
+        OpKind::Get,
+        OpKind::Put,
+        OpKind::Delete,
+        OpKind::Cas,
+        OpKind::Scan,
+        OpKind::Status,
+    ];
+
+    pub fn of(op: &Op) -> OpKind {
+        match op {
+            Op::Get { .. } => OpKind::Get,
+            Op::Put { .. } => OpKind::Put,
+            Op::Delete { .. } => OpKind::Delete,
+            Op::Cas { .. } => OpKind::Cas,
+            Op::Scan { .. } => OpKind::Scan,
+            Op::Status => OpKind::Status,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::Delete => "delete",
+            OpKind::Cas => "cas",
+            OpKind::Scan => "scan",
+            OpKind::Status => "status",
+        }
+    }
+}
+
+/// Error codes counted per operation (the wire values 0..ERROR_CODES).
+pub const ERROR_CODES: usize = 14;
+
+/// One core's metrics. Written by that core's thread (and its storage writer), read by the
+/// HTTP responder.
+#[derive(Default)]
+pub struct CoreMetrics {
+    /// Microseconds from a proposal to the batch that carries it.
+    pub queue_us: AtomicHistogram,
+    /// Log entries per storage write batch (every group of the core together).
+    pub batch_entries: AtomicHistogram,
+    /// Microseconds of one batch's storage write and sync, as the reactor waits for it.
+    pub storage_write_us: AtomicHistogram,
+    /// Microseconds from a leader's batch carrying an entry (its appends leave then) to the
+    /// batch that applies it (commit known).
+    pub replication_us: AtomicHistogram,
+    /// Microseconds from the batch that applies an entry to its client being answered (the
+    /// apply batch durable).
+    pub apply_us: AtomicHistogram,
+    /// Microseconds per client request, by [`OpKind`], as the client port serves it.
+    pub request_us: [AtomicHistogram; 6],
+    /// Requests by [`OpKind`] and error code.
+    pub requests: [[AtomicU64; ERROR_CODES]; 6],
+    /// Proposal timestamps forgotten because the in-flight table was full (stage samples lost).
+    pub stage_samples_dropped: AtomicU64,
+}
+
+fn micros(duration: Duration) -> u64 {
+    duration.as_micros().min(u128::from(u64::MAX)) as u64
+}
+
+impl CoreMetrics {
+    /// A batch's storage write and sync took `elapsed`.
+    pub fn storage_written(&self, elapsed: Duration) {
+        self.storage_write_us.record(micros(elapsed));
+    }
+
+    /// A client request of kind `op` was answered with `code` after `elapsed`.
+    pub fn request_done(&self, op: OpKind, code: ErrorCode, elapsed: Duration) {
+        let op = op as usize;
+        self.request_us[op].record(micros(elapsed));
+        let code = (code as usize).min(ERROR_CODES - 1);
+        self.requests[op][code].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+static CORES: [OnceLock<CoreMetrics>; CORES_MAX] = [const { OnceLock::new() }; CORES_MAX];
+
+/// Core `core`'s metrics (created on first use).
+pub fn core(core: usize) -> &'static CoreMetrics {
+    assert!(core < CORES_MAX, "core {core} beyond {CORES_MAX}");
+    CORES[core].get_or_init(CoreMetrics::default)
+}
+
+/// The cores whose metrics exist, in order.
+pub fn cores() -> impl Iterator<Item = (usize, &'static CoreMetrics)> + Clone {
+    CORES
+        .iter()
+        .enumerate()
+        .filter_map(|(core, cell)| cell.get().map(|m| (core, m)))
+}

@@ -1,0 +1,106 @@
+//! Process test of `kahuna serve --metrics-addr`: after some writes, `GET /metrics` answers in
+//! the Prometheus text format with every write-path stage and the request counters, counting
+//! what was done. A single-node store (quorum of one) on ports 22100 (client), 22101 (metrics)
+//! and 23100 (peer).
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kahuna::client::{BlockingClient, ClientConfig};
+
+struct Node(Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn scrape(addr: &str) -> Option<String> {
+    let mut stream = TcpStream::connect(addr).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+/// The value of the sample line `name` (exact series text before the value).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+#[test]
+fn metrics_endpoint_exposes_write_path_stages_after_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_kahuna"))
+            .args(["serve", "--id", "1", "--client-addr", "127.0.0.1:22100"])
+            .args(["--peer-addr", "127.0.0.1:23100", "--partitions", "4"])
+            .args(["--metrics-addr", "127.0.0.1:22101", "--data-dir"])
+            .arg(dir.path().join("node-1"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start kahuna serve"),
+    );
+    let client = BlockingClient::new(
+        ClientConfig::new(["127.0.0.1:22100"]).deadline(Duration::from_secs(30)),
+    );
+    for i in 0..50 {
+        client
+            .put(format!("metrics-{i}"), "value")
+            .expect("write succeeds");
+    }
+    let value = client.get("metrics-1").expect("read succeeds");
+    assert!(value.is_some());
+
+    let start = Instant::now();
+    let text = loop {
+        let text = scrape("127.0.0.1:22101").unwrap_or_default();
+        // The last answer is counted just after it is sent: wait until all 50 are.
+        let puts = sample(
+            &text,
+            "kahuna_requests_total{core=\"0\",op=\"put\",code=\"Ok\"}",
+        );
+        if puts == Some(50.0) || start.elapsed() > Duration::from_secs(20) {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.contains("Content-Type: text/plain; version=0.0.4"));
+    for name in [
+        "kahuna_write_queue_seconds",
+        "kahuna_write_batch_entries",
+        "kahuna_storage_write_seconds",
+        "kahuna_write_replication_seconds",
+        "kahuna_write_apply_seconds",
+    ] {
+        assert!(text.contains(&format!("# TYPE {name} histogram")), "{name}");
+        let count = sample(&text, &format!("{name}_count{{core=\"0\"}}"))
+            .unwrap_or_else(|| panic!("{name}_count missing:\n{text}"));
+        assert!(count >= 1.0, "{name} counted nothing:\n{text}");
+    }
+    // Every put was proposed on this (only) core and went through every stage.
+    let queued = sample(&text, "kahuna_write_queue_seconds_count{core=\"0\"}").unwrap();
+    assert!(queued >= 50.0, "{queued}");
+    assert_eq!(
+        sample(
+            &text,
+            "kahuna_requests_total{core=\"0\",op=\"put\",code=\"Ok\"}"
+        ),
+        Some(50.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "kahuna_request_seconds_count{core=\"0\",op=\"get\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}
