@@ -424,7 +424,8 @@ impl<S: StateMachine> Shard<S> {
         Ok(())
     }
 
-    /// Gathers the Readies of every group with work into one batch. `None` when idle.
+    /// Gathers the Readies of every group with work into one batch. `None` when idle. With
+    /// `sync`, the batch is synced when it holds anything that must be durable.
     pub fn collect(&mut self, sync: bool) -> Option<ShardBatch> {
         if self.dirty.is_empty() {
             return None;
@@ -513,6 +514,9 @@ impl<S: StateMachine> Shard<S> {
                 batch.token.applied.push((group, slot.applied));
             }
         }
+        // A batch of applies alone is written without a sync (see `WriteBatch::needs_sync`):
+        // on a node that is most batches, one per commit learnt, on every replica.
+        batch.write.sync = sync && batch.write.needs_sync();
         Some(batch)
     }
 

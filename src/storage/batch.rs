@@ -36,6 +36,21 @@ impl WriteBatch {
         self.groups.iter().all(GroupWrite::is_empty)
     }
 
+    /// Whether anything here must be durable before it is acted on: log entries and hard
+    /// states (acknowledged to peers), snapshot installs and group removals. Applies and
+    /// compactions are not: they are derived from the durable log, so a crash that loses them
+    /// only makes the replica re-apply from it. Engines write batches in order and a sync makes
+    /// every earlier batch durable too, so an unsynced apply is never lost while a later synced
+    /// write (a compaction past it, say) survives.
+    pub fn needs_sync(&self) -> bool {
+        self.groups.iter().any(|group| {
+            group.destroy
+                || group.snapshot.is_some()
+                || !group.entries.is_empty()
+                || group.hard_state.is_some()
+        })
+    }
+
     /// Log entries across all groups (for metrics).
     pub fn entry_count(&self) -> usize {
         self.groups.iter().map(|g| g.entries.len()).sum()
