@@ -375,7 +375,13 @@ impl Sim {
             }
             outgoing.extend(batch.send_now);
             applied = batch.applied;
-            node.unsynced.push_back(batch.token);
+            // As on a node: a batch with nothing that must be durable is reported persisted once
+            // written, unless an earlier one still waits for its sync.
+            if !batch.write.needs_sync() && node.unsynced.is_empty() {
+                outgoing.extend(node.shard.persisted(batch.token));
+            } else {
+                node.unsynced.push_back(batch.token);
+            }
         }
         // Compact some logs, as the node does past its threshold, from the data as written.
         for group in node.shard.group_ids() {

@@ -15,7 +15,7 @@ pub struct SoftState {
 ///    heartbeats and snapshot chunks: thesis 10.2.1).
 /// 2. Persist `snapshot` (it replaces the group's log and data), then `entries` (they replace
 ///    any stored entries at or after `entries[0].index`), then `hard_state`; these writes must
-///    be applied in Ready order, and made durable before step 3.
+///    be applied in Ready order, and made durable (synced, when `must_sync`) before step 3.
 /// 3. Once this Ready and every earlier one is durable: send `persisted_messages` and call
 ///    `Raft::on_persisted(number)`.
 /// 4. Apply `committed_entries` in order (they are already durable locally and committed).
@@ -33,6 +33,12 @@ pub struct Ready {
     pub read_states: Vec<ReadState>,
     /// Contexts of ReadIndex requests dropped because leadership was lost: answer NotLeader.
     pub dropped_reads: Vec<u64>,
+    /// The write must be synced before `on_persisted`: it holds entries, a snapshot, or a new
+    /// term or vote. A hard state whose only change is the commit index need not be (a
+    /// restarted replica learns the commit index again from the leader), so such a Ready may
+    /// be reported persisted once written, as long as every earlier Ready that needed a sync
+    /// was synced first.
+    pub must_sync: bool,
 }
 
 impl Ready {

@@ -1503,10 +1503,14 @@ impl Raft {
         let snapshot = self.snapshot_to_install.take().map(|boxed| *boxed);
         let entries = self.log.take_unstable();
         let hard_state = self.hard_state();
-        let hard_state = (hard_state != self.last_hard_state).then(|| {
+        let previous = self.last_hard_state;
+        let hard_state = (hard_state != previous).then(|| {
             self.last_hard_state = hard_state;
             hard_state
         });
+        let must_sync = !entries.is_empty()
+            || snapshot.is_some()
+            || hard_state.is_some_and(|h| h.term != previous.term || h.vote != previous.vote);
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft_state).then(|| {
             self.last_soft_state = soft;
@@ -1523,6 +1527,7 @@ impl Raft {
             committed_entries: self.log.take_committed(self.config.apply_bytes_max),
             read_states: std::mem::take(&mut self.read_states),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
+            must_sync,
         };
         if ready.must_persist() {
             self.unpersisted

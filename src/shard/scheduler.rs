@@ -464,6 +464,7 @@ impl<S: StateMachine> Shard<S> {
                     batch.leader_changes.push((group, soft));
                 }
                 write.hard_state = ready.hard_state;
+                write.must_sync = ready.must_sync;
                 if let Some(snapshot) = &ready.snapshot {
                     let index = snapshot.meta.index;
                     // Raft installs a snapshot only past its commit index, so it covers every

@@ -36,18 +36,18 @@ impl WriteBatch {
         self.groups.iter().all(GroupWrite::is_empty)
     }
 
-    /// Whether anything here must be durable before it is acted on: log entries and hard
-    /// states (acknowledged to peers), snapshot installs and group removals. Applies and
-    /// compactions are not: they are derived from the durable log, so a crash that loses them
-    /// only makes the replica re-apply from it. Engines write batches in order and a sync makes
-    /// every earlier batch durable too, so an unsynced apply is never lost while a later synced
-    /// write (a compaction past it, say) survives.
+    /// Whether anything here must be durable before it is acted on: log entries, a new term
+    /// or vote (`GroupWrite::must_sync`), snapshot installs and group removals. Applies,
+    /// compactions and commit-index updates are not: they are derived from the durable log or
+    /// relearnt from the leader, so a crash that loses them only makes the replica re-apply.
+    /// Engines write batches in order and a sync makes every earlier batch durable too, so an
+    /// unsynced write is never lost while a later synced one survives.
     pub fn needs_sync(&self) -> bool {
         self.groups.iter().any(|group| {
-            group.destroy
+            group.must_sync
+                || group.destroy
                 || group.snapshot.is_some()
                 || !group.entries.is_empty()
-                || group.hard_state.is_some()
         })
     }
 
@@ -73,6 +73,9 @@ pub struct GroupWrite {
     /// empty).
     pub entries: Vec<Entry>,
     pub hard_state: Option<HardState>,
+    /// This part must be durable before it is acted on (a new term or vote: see
+    /// `Ready::must_sync`); entries, snapshots and removals are always treated so.
+    pub must_sync: bool,
     /// Results of applying committed entries, written with the applied index that covers them.
     pub apply: Option<Apply>,
     /// Delete log entries up to and including `index` and record the snapshot point. Must not
