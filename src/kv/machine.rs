@@ -324,6 +324,12 @@ impl StateMachine for KvMachine {
 
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>) {
         assert!(entry.index >= 1, "group {group}: entry index 0");
+        let command = entry.kind == EntryKind::Normal && !entry.data.is_empty();
+        // A group that has only seen noop and configuration entries needs no state (an idle
+        // node holds thousands of them); its state starts with its first command.
+        if !command && !self.groups.contains_key(&group) {
+            return;
+        }
         if !self.groups.contains_key(&group) {
             let state = self.new_state(entry.index - 1);
             self.groups.insert(group, state);
