@@ -9,6 +9,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod json;
 pub mod kv;
 pub mod lincheck;
 pub mod metrics;

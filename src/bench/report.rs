@@ -137,30 +137,18 @@ pub const JSON_PERCENTILES: [f64; 12] = [
     0.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 99.0, 99.9, 99.99, 99.999, 100.0,
 ];
 
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
 /// One JSON object: the run's settings (`context`, already key/value strings), counts, and
 /// the full percentile spectrum of the latency histogram.
 pub fn json_document(context: &[(&str, String)], totals: &Totals, measured: Duration) -> String {
     let h = &totals.latency_us;
     let mut out = String::from("{");
     for (key, value) in context {
-        let _ = write!(out, "{}:{},", json_string(key), json_string(value));
+        let _ = write!(
+            out,
+            "{}:{},",
+            crate::json::string(key),
+            crate::json::string(value)
+        );
     }
     let _ = write!(
         out,
@@ -176,7 +164,7 @@ pub fn json_document(context: &[(&str, String)], totals: &Totals, measured: Dura
     let kinds: Vec<String> = totals
         .errors
         .iter()
-        .map(|(k, v)| format!("{}:{v}", json_string(k)))
+        .map(|(k, v)| format!("{}:{v}", crate::json::string(k)))
         .collect();
     out.push_str(&kinds.join(","));
     out.push_str("},");

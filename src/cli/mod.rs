@@ -9,8 +9,6 @@
 //!
 //! This module owns the command line only; `main.rs` dispatches to [`run`].
 
-mod json;
-
 use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -221,8 +219,8 @@ fn get(client: &BlockingClient, args: &Args) -> Result<(), Failure> {
         let _ = writeln!(
             out,
             "{{\"key\":{},\"value\":{},\"revision\":{}}}",
-            json::bytes(&key),
-            json::bytes(&found.value),
+            crate::json::bytes(&key),
+            crate::json::bytes(&found.value),
             found.revision
         );
     } else {
@@ -277,8 +275,8 @@ fn scan(client: &BlockingClient, args: &Args) -> Result<(), Failure> {
             .map(|item| {
                 format!(
                     "{{\"key\":{},\"value\":{},\"revision\":{}}}",
-                    json::bytes(&item.key),
-                    json::bytes(&item.value),
+                    crate::json::bytes(&item.key),
+                    crate::json::bytes(&item.value),
                     item.revision
                 )
             })
@@ -335,7 +333,7 @@ fn status_json(status: &NodeStatus) -> String {
             format!(
                 "{{\"node_id\":{},\"client_address\":{}}}",
                 n.node_id,
-                json::string(&n.client_address)
+                crate::json::string(&n.client_address)
             )
         })
         .collect();

@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 // At the crate root, as siblings: the files refer to each other as `super::NAME`.
+#[path = "../../../src/json.rs"]
+mod json;
 #[path = "../../../src/bench/args.rs"]
 mod args;
 #[path = "../../../src/bench/driver.rs"]

@@ -1,5 +1,6 @@
-//! Just enough JSON output for the CLI (`--json`): string escaping and byte strings. Keys and
-//! values that are valid UTF-8 print as JSON strings; others as `{"hex": "..."}`.
+//! Just enough JSON output for the CLI's and the bench's `--json`: string escaping and byte
+//! strings. Keys and values that are valid UTF-8 print as JSON strings; others as
+//! `{"hex": "..."}`. Standalone on purpose: perf/etcd-bench compiles it by path.
 
 use std::fmt::Write;
 
