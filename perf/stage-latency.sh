@@ -7,7 +7,8 @@
 #   perf/stage-latency.sh [CLIENTS] [DURATION]     (default 64 clients, 10s)
 #
 # Stages: queue (proposal -> its batch), batch size, storage write+sync, replication (appends
-# sent -> commit known), apply (apply batch -> durable and answered), and the whole request.
+# sent -> commit known), follower (appends received -> durable ack sent), apply (client
+# answered from the in-memory apply -> apply batch written), and the whole request.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CLIENTS=${1:-64}
@@ -54,7 +55,8 @@ rows = [("queue (proposal -> batch)", "kahuna_write_queue_seconds", 1e6, "us"),
         ("batch size", "kahuna_write_batch_entries", 1, "entries"),
         ("storage write + sync", "kahuna_storage_write_seconds", 1e6, "us"),
         ("replication (sent -> commit)", "kahuna_write_replication_seconds", 1e6, "us"),
-        ("apply (-> durable, answered)", "kahuna_write_apply_seconds", 1e6, "us"),
+        ("follower (received -> acked)", "kahuna_follower_ack_seconds", 1e6, "us"),
+        ("apply (answered -> written)", "kahuna_write_apply_seconds", 1e6, "us"),
         ("request, put (node side)", "kahuna_request_seconds{op=put}", 1e6, "us")]
 print(f"{'stage':32} {'count':>10} {'p50':>10} {'p99':>10}  unit")
 for title, name, scale, unit in rows:

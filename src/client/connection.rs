@@ -2,18 +2,22 @@
 //! to the connection's window); each call returns a runtime-agnostic future completed by the
 //! connection's reader thread, so it works under glommio, any other executor, or `block_on`.
 //!
-//! Threads: a writer thread sends the frames callers queue (coalescing whatever is queued into
-//! one write), a reader thread decodes answers and completes the matching calls. Callers never
-//! block: they await a window slot (backpressure: there is no queue beyond the window), a
-//! channel send that never waits (its capacity is the window), and their answer or deadline.
+//! Sending: a caller writes its frame to the socket itself, without waiting (`MSG_DONTWAIT`),
+//! when nothing is queued before it; only when the socket's buffer is full does the rest go to
+//! the connection's outbox, which a writer thread drains with blocking writes (coalescing what
+//! queued meanwhile). The common path thus costs one syscall and no thread hand-off, and a
+//! caller on a reactor never blocks. A reader thread decodes answers and completes the
+//! matching calls. Callers await a window slot (backpressure: the outbox holds at most a
+//! window's frames, as every queued frame holds a slot), then their answer or deadline.
 //! This module routes nothing: that is the router's job (`router.rs`).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::timer;
@@ -21,8 +25,6 @@ use crate::proto::client::{decode_response, ClientEncoder, Op, Request, Response
 use crate::proto::frame::FrameDecoder;
 use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
 
-/// Bytes the writer thread gathers into one socket write.
-const WRITE_BATCH_BYTES_MAX: usize = 256 << 10;
 /// Bytes the reader asks the socket for at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -70,10 +72,22 @@ struct Pending {
     closed: Option<String>,
 }
 
+/// Bytes waiting for the writer thread. Invariant: `buffer` is non-empty only while
+/// `writer_busy` is set (the writer owns the socket's send side until it finds the buffer empty
+/// and clears the flag), so a caller writes directly only when nothing can be ahead of it.
+struct Outbox {
+    buffer: Vec<u8>,
+    writer_busy: bool,
+    closed: bool,
+}
+
 /// State shared by the callers and the two threads.
 struct Shared {
     addr: String,
     pending: Mutex<Pending>,
+    outbox: Mutex<Outbox>,
+    /// Signalled when the writer has work (or the connection closes).
+    outbox_ready: Condvar,
     next_request_id: AtomicU64,
     /// One token per free window slot.
     slots: (flume::Sender<()>, flume::Receiver<()>),
@@ -95,6 +109,56 @@ impl Shared {
             let _ = self.slots.0.try_send(());
         }
         let _ = self.socket.shutdown(Shutdown::Both);
+        self.outbox.lock().expect("outbox lock").closed = true;
+        self.outbox_ready.notify_all();
+    }
+
+    /// Sends one frame: straight to the socket when nothing is queued and the socket takes it
+    /// without waiting, otherwise (what is left of it) through the writer thread. Never blocks
+    /// beyond the outbox lock and one non-blocking syscall.
+    fn send_frame(&self, frame: &[u8]) -> Result<(), String> {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        if outbox.closed {
+            return Err("closed".into());
+        }
+        let mut sent = 0;
+        if !outbox.writer_busy {
+            debug_assert!(outbox.buffer.is_empty());
+            while sent < frame.len() {
+                let rest = &frame[sent..];
+                // SAFETY: `rest` is a live slice for the call's duration; the descriptor is
+                // owned by `self.socket`, open until `Shared` drops.
+                let written = unsafe {
+                    libc::send(
+                        self.socket.as_raw_fd(),
+                        rest.as_ptr().cast(),
+                        rest.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if written >= 0 {
+                    sent += written as usize;
+                    continue;
+                }
+                let error = std::io::Error::last_os_error();
+                match error.kind() {
+                    std::io::ErrorKind::Interrupted => continue,
+                    std::io::ErrorKind::WouldBlock => break,
+                    _ => {
+                        drop(outbox);
+                        self.close(format!("write: {error}"));
+                        return Err(format!("write: {error}"));
+                    }
+                }
+            }
+            if sent == frame.len() {
+                return Ok(());
+            }
+            outbox.writer_busy = true;
+            self.outbox_ready.notify_one();
+        }
+        outbox.buffer.extend_from_slice(&frame[sent..]);
+        Ok(())
     }
 
     fn close_reason(&self) -> Option<String> {
@@ -103,10 +167,9 @@ impl Shared {
 }
 
 /// Owned by the callers' handles: dropping the last one closes the connection (the threads
-/// hold `Shared` only, so they end when the socket is shut down and the frame queue closes).
+/// hold `Shared` only, so they end when the socket is shut down and the outbox closes).
 struct Handle {
     shared: Arc<Shared>,
-    frames: flume::Sender<Vec<u8>>,
 }
 
 impl Drop for Handle {
@@ -186,11 +249,16 @@ impl Connection {
                 waiting: HashMap::new(),
                 closed: None,
             }),
+            outbox: Mutex::new(Outbox {
+                buffer: Vec::new(),
+                writer_busy: false,
+                closed: false,
+            }),
+            outbox_ready: Condvar::new(),
             next_request_id: AtomicU64::new(1),
             slots,
             socket: stream,
         });
-        let (frames, queued) = flume::bounded::<Vec<u8>>(window);
         let reader_shared = shared.clone();
         let writer_shared = shared.clone();
         let spawned = std::thread::Builder::new()
@@ -199,14 +267,14 @@ impl Connection {
             .and_then(|_| {
                 std::thread::Builder::new()
                     .name("kahuna-client-write".into())
-                    .spawn(move || write_frames(&writer_shared, writer_socket, &queued))
+                    .spawn(move || write_queued(&writer_shared, writer_socket))
             });
         if let Err(error) = spawned {
             shared.close(format!("cannot start a thread: {error}"));
             return Err(unreachable(error));
         }
         Ok(Connection {
-            handle: Arc::new(Handle { shared, frames }),
+            handle: Arc::new(Handle { shared }),
         })
     }
 
@@ -254,19 +322,6 @@ impl Connection {
             cluster_id,
             op,
         };
-        let frame = ENCODER.with(|encoder| {
-            encoder
-                .borrow_mut()
-                .encode_request(&request)
-                .map(<[u8]>::to_vec)
-        });
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(error) => {
-                let _ = shared.slots.0.try_send(());
-                return Err(CallError::Encode(error.to_string()));
-            }
-        };
         let (answer, answered) = flume::bounded(1);
         {
             let mut pending = shared.pending.lock().expect("pending lock");
@@ -278,9 +333,27 @@ impl Connection {
             }
             pending.waiting.insert(request.request_id, answer);
         }
-        // Never waits: the queue holds a window's worth and every queued frame holds a slot.
-        if self.handle.frames.send_async(frame).await.is_err() {
-            shared.close("the writer stopped".into());
+        // Registered before it is sent: the answer may come back before `send_frame` returns.
+        let encoded = ENCODER.with(|encoder| match encoder.borrow_mut().encode_request(&request) {
+            Ok(frame) => Ok(shared.send_frame(frame)),
+            Err(error) => Err(error.to_string()),
+        });
+        match encoded {
+            Ok(Ok(())) => {}
+            // The connection closed (its reason is in `pending`): answered as Closed below.
+            Ok(Err(_)) => {}
+            Err(error) => {
+                let registered = shared
+                    .pending
+                    .lock()
+                    .expect("pending lock")
+                    .waiting
+                    .remove(&request.request_id);
+                if registered.is_some() {
+                    let _ = shared.slots.0.try_send(());
+                }
+                return Err(CallError::Encode(error));
+            }
         }
         match timer::until(deadline, answered.recv_async()).await {
             Some(Ok(response)) => Ok(response),
@@ -386,20 +459,32 @@ fn drain_frames(shared: &Shared, decoder: &mut FrameDecoder) -> Result<(), Strin
     Ok(())
 }
 
-fn write_frames(shared: &Shared, mut socket: TcpStream, queued: &flume::Receiver<Vec<u8>>) {
+/// The writer thread: drains the outbox with blocking writes whenever a caller found the socket
+/// full, until the outbox is empty again (then callers write directly once more).
+fn write_queued(shared: &Shared, mut socket: TcpStream) {
     let mut batch = Vec::new();
-    while let Ok(frame) = queued.recv() {
-        batch.clear();
-        batch.extend_from_slice(&frame);
-        while batch.len() < WRITE_BATCH_BYTES_MAX {
-            match queued.try_recv() {
-                Ok(frame) => batch.extend_from_slice(&frame),
-                Err(_) => break,
+    loop {
+        {
+            let mut outbox = shared.outbox.lock().expect("outbox lock");
+            loop {
+                if outbox.closed {
+                    return;
+                }
+                if outbox.writer_busy {
+                    if outbox.buffer.is_empty() {
+                        outbox.writer_busy = false;
+                    } else {
+                        std::mem::swap(&mut batch, &mut outbox.buffer);
+                        break;
+                    }
+                }
+                outbox = shared.outbox_ready.wait(outbox).expect("outbox lock");
             }
         }
         if let Err(error) = socket.write_all(&batch) {
             shared.close(format!("write: {error}"));
             return;
         }
+        batch.clear();
     }
 }

@@ -51,7 +51,7 @@ type Stage = (
     Unit,
 );
 
-const STAGES: [Stage; 5] = [
+const STAGES: [Stage; 6] = [
     (
         "kahuna_write_queue_seconds",
         "Time from a client's proposal to the storage batch that carries it.",
@@ -78,8 +78,14 @@ const STAGES: [Stage; 5] = [
     ),
     (
         "kahuna_write_apply_seconds",
-        "From the batch applying an entry to that batch durable and its client answered.",
+        "From the batch applying an entry (its client answered) to that batch written.",
         |m| m.apply_us.snapshot(),
+        Unit::MicrosAsSeconds,
+    ),
+    (
+        "kahuna_follower_ack_seconds",
+        "From a peer frame of messages received to the durable answers of its batch sent.",
+        |m| m.follower_ack_us.snapshot(),
         Unit::MicrosAsSeconds,
     ),
 ];

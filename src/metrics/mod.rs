@@ -83,9 +83,12 @@ pub struct CoreMetrics {
     /// Microseconds from a leader's batch carrying an entry (its appends leave then) to the
     /// batch that applies it (commit known).
     pub replication_us: AtomicHistogram,
-    /// Microseconds from the batch that applies an entry to its client being answered (the
-    /// apply batch durable).
+    /// Microseconds from the batch that applies an entry (its client is answered then) to that
+    /// batch written (reads of the entry may proceed).
     pub apply_us: AtomicHistogram,
+    /// Microseconds from a peer frame with messages received to the durable answers of the
+    /// batch that took them sent (a follower's append acknowledgements).
+    pub follower_ack_us: AtomicHistogram,
     /// Microseconds per client request, by [`OpKind`], as the client port serves it.
     pub request_us: [AtomicHistogram; 6],
     /// Requests by [`OpKind`] and error code.
@@ -102,6 +105,11 @@ impl CoreMetrics {
     /// A batch's storage write and sync took `elapsed`.
     pub fn storage_written(&self, elapsed: Duration) {
         self.storage_write_us.record(micros(elapsed));
+    }
+
+    /// The durable answers to peer messages received `elapsed` ago were sent.
+    pub fn follower_acked(&self, elapsed: Duration) {
+        self.follower_ack_us.record(micros(elapsed));
     }
 
     /// A client request of kind `op` was answered with `code` after `elapsed`.

@@ -1,8 +1,10 @@
 //! One core of a node: its shard of Raft groups, its storage writer, its peer transport and its
 //! client requests, all on one glommio executor. The loop: feed what arrived into the shard,
 //! tick on the timer, collect ONE batch for every group with work, send the leader's messages,
-//! and hand the batch to the core's writer task, which writes it off the reactor (one sync),
-//! then releases what waited for durability and answers the clients whose entries applied.
+//! answer the clients whose entries that collect applied (committed entries are durable on a
+//! majority; the apply is deterministic), and hand the batch to the core's writer task, which
+//! writes it off the reactor (one sync), then releases what waited for durability: messages
+//! sent only once durable, and reads whose read point is now written.
 //! Up to `PIPELINE_DEPTH` batches are in flight: the next one is collected and its messages
 //! sent while the previous one syncs.
 //!
@@ -51,6 +53,9 @@ pub struct CoreState {
     pub storage: StorageWriter,
     pub transport: PeerTransport,
     waiters: RefCell<HashMap<(GroupId, Index), Waiter>>,
+    /// When the oldest peer frame with messages not yet taken by a collect arrived (for the
+    /// follower-acknowledgement metric).
+    received_at: Cell<Option<Instant>>,
     reads: RefCell<HashMap<u64, ReadWaiter>>,
     next_read: RefCell<u64>,
     doorbell: LocalSender<()>,
@@ -72,11 +77,19 @@ impl CoreState {
             storage,
             transport,
             waiters: RefCell::new(HashMap::new()),
+            received_at: Cell::new(None),
             reads: RefCell::new(HashMap::new()),
             next_read: RefCell::new(1),
             doorbell,
         };
         (Rc::new(state), ring)
+    }
+
+    /// A peer frame with messages arrived (the loop will collect its answers).
+    pub fn received_messages(&self) {
+        if self.received_at.get().is_none() {
+            self.received_at.set(Some(Instant::now()));
+        }
     }
 
     /// Wakes the loop: there is work for the shard.
@@ -166,13 +179,6 @@ pub enum ProposeFailure {
 /// follower's sync overlaps the leader's; writes themselves stay one at a time, in order.
 const PIPELINE_DEPTH: usize = 2;
 
-/// One collected batch on its way through the writer, with the outcomes of the entries it
-/// applied (taken from the state machine when it was collected, so a later batch's outcomes
-/// never mix in).
-struct Collected {
-    batch: ShardBatch,
-    completions: Vec<Completion>,
-}
 
 /// The core's main loop. Never returns while the node runs.
 pub async fn run_loop(
@@ -202,23 +208,29 @@ pub async fn run_loop(
         // A full pipeline: leave the work for the next batch (it grows, which is the point),
         // keep ticking, and wait for the writer's ring.
         if in_flight.get() < PIPELINE_DEPTH {
-            let collected_batch = {
+            // The outcomes are taken with the batch that applied them, so a later batch's
+            // outcomes never mix in.
+            let collected = {
                 let mut shard = state.shard.borrow_mut();
-                shard.collect(true).map(|batch| Collected {
-                    batch,
-                    completions: shard.state_machine_mut().take_completions(),
-                })
+                shard
+                    .collect(true)
+                    .map(|batch| (batch, shard.state_machine_mut().take_completions()))
             };
             start_fetches(&state);
-            if let Some(mut collected_batch) = collected_batch {
+            if let Some((mut batch, completions)) = collected {
                 worked = true;
-                crate::metrics::stages::collected(state.core, &collected_batch.batch);
-                for (peer, messages) in std::mem::take(&mut collected_batch.batch.send_now) {
+                let received = state.received_at.take();
+                crate::metrics::stages::collected(state.core, &batch);
+                for (peer, messages) in std::mem::take(&mut batch.send_now) {
                     let _ = state.transport.send(peer, messages);
                 }
+                // A committed entry is durable on a majority and its outcome is decided by the
+                // apply that just ran in memory: the client needs nothing from this batch's
+                // write. (Reads still wait for the apply to be written.)
+                answer_writes(&state, &batch.applied, completions);
                 in_flight.set(in_flight.get() + 1);
                 assert!(in_flight.get() <= PIPELINE_DEPTH);
-                if pipe.send(collected_batch).await.is_err() {
+                if pipe.send((batch, received)).await.is_err() {
                     return;
                 }
             }
@@ -249,17 +261,17 @@ pub async fn run_loop(
 }
 
 /// The writer: writes each collected batch in order (one atomic write, one sync), then releases
-/// what waited for it: messages sent only once durable, clients whose entries applied, reads
-/// whose read point is now in storage.
+/// what waited for it: messages sent only once durable, and reads whose read point is now in
+/// storage.
 async fn write_batches(
     state: Rc<CoreState>,
-    collected: LocalReceiver<Collected>,
+    collected: LocalReceiver<(ShardBatch, Option<Instant>)>,
     in_flight: Rc<Cell<usize>>,
 ) {
     // Reads confirmed by a quorum but not yet applied and written locally: (context, group,
     // index).
     let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
-    while let Some(Collected { batch, completions }) = collected.recv().await {
+    while let Some((batch, received)) = collected.recv().await {
         // Nothing to write: every earlier batch is written first (this task writes them in
         // order), so this one is as durable as they are, without a sync.
         if !batch.write.is_empty() {
@@ -277,10 +289,13 @@ async fn write_batches(
             }
         }
         let after = state.shard.borrow_mut().persisted(batch.token);
+        if let (Some(received), false) = (received, after.is_empty()) {
+            crate::metrics::core(state.core).follower_acked(received.elapsed());
+        }
         for (peer, messages) in after {
             let _ = state.transport.send(peer, messages);
         }
-        complete_writes(&state, &batch.restored, &batch.applied, completions);
+        mark_written(&state, &batch.restored, &batch.applied);
         crate::metrics::stages::completed(state.core, &batch.applied);
         for (_group, context) in batch.dropped_reads {
             if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
@@ -388,11 +403,12 @@ async fn compact_long_logs(state: &CoreState, compact_after: usize) {
     }
 }
 
-fn complete_writes(
+/// The batch holding these applies (and restored snapshots) is written: the machine may now
+/// read them back from storage instead of keeping them in memory.
+fn mark_written(
     state: &CoreState,
     restored: &[(GroupId, Index)],
     applied: &[(GroupId, Vec<crate::raft::Entry>)],
-    completions: Vec<Completion>,
 ) {
     let mut shard = state.shard.borrow_mut();
     let machine = shard.state_machine_mut();
@@ -405,7 +421,15 @@ fn complete_writes(
             machine.persisted(*group, last.index);
         }
     }
-    drop(shard);
+}
+
+/// Answers the clients waiting on entries applied (in memory) by the batch just collected.
+/// An entry of another term than the proposal's replaced it: that write did not apply there.
+fn answer_writes(
+    state: &CoreState,
+    applied: &[(GroupId, Vec<crate::raft::Entry>)],
+    completions: Vec<Completion>,
+) {
     let mut outcome_at: HashMap<(GroupId, Index), Outcome> =
         HashMap::with_capacity(completions.len());
     for completion in completions {

@@ -232,6 +232,9 @@ async fn run_core(
         glommio::spawn_local(async move {
             while let Some(batch) = inbound.recv().await {
                 let from = batch.from_node;
+                if !batch.messages.is_empty() {
+                    state.received_messages();
+                }
                 let rejected = state.shard.borrow_mut().receive(from, batch.messages);
                 if let Some((group, error)) = rejected.first() {
                     // Bad peer input is refused message by message; say so once per frame.
