@@ -814,9 +814,16 @@ fn seeds() -> Vec<u64> {
     // 2486311604276037457: a follower with a stale uncommitted suffix stayed awake and timed out
     //   under a sleeping leader; 5495325393129965013: a restarted leader with a too-short log
     //   campaigned while the others slept trusting it; 158985378458776511: a sleeping leader
-    //   ignored pre-votes from a follower that had lost track of it.
+    //   ignored pre-votes from a follower that had lost track of it; 1054718827274966167: a
+    //   restarted follower's held entries applied after the core installed a snapshot past them
+    //   looked up their membership below the log start.
     let mut seeds: Vec<u64> = (1..=12).collect();
-    seeds.extend([2486311604276037457, 5495325393129965013, 158985378458776511]);
+    seeds.extend([
+        2486311604276037457,
+        5495325393129965013,
+        158985378458776511,
+        1054718827274966167,
+    ]);
     seeds
 }
 

@@ -584,10 +584,12 @@ impl<S: StateMachine> Shard<S> {
         let last = applied.last()?;
         // The membership in force at the applied index is stored with it (a group's first apply
         // records the initial one), so a restart from compacted state knows its voters without
-        // the log.
+        // the log. Entries held from before a snapshot the core has installed since (its Ready
+        // follows in this batch and records its own membership) are below the log: the first
+        // apply after that snapshot stores it then.
+        let in_log = last.index + 1 >= slot.raft.first_index();
         let conf_state = conf_change.or_else(|| {
-            slot.stored_conf_index
-                .is_none()
+            (slot.stored_conf_index.is_none() && in_log)
                 .then(|| slot.raft.conf_state_at(last.index))
         });
         if conf_state.is_some() {
