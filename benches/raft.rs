@@ -77,7 +77,7 @@ impl Group {
         for replica in &mut self.replicas {
             if replica.log_len() > 50_000 {
                 let applied = replica.applied();
-                replica.compact(applied, Bytes::new()).unwrap();
+                replica.compact(applied).unwrap();
             }
         }
     }

@@ -16,6 +16,16 @@ struct Cluster {
     /// One-way cuts (from, to).
     cuts: BTreeSet<(NodeId, NodeId)>,
     fault: Option<SafetyFault>,
+    /// Per node, the image its "storage" answers snapshot requests with (at the node's applied
+    /// index, as a node's storage does). A node without one leaves requests unanswered.
+    images: BTreeMap<NodeId, Bytes>,
+    /// Snapshot requests each node made (`Ready::snapshot_wanted`), and those still unanswered.
+    image_requests: BTreeMap<NodeId, usize>,
+    unanswered: BTreeSet<NodeId>,
+    /// Images the leader refused, with why.
+    image_refusals: Vec<RaftError>,
+    /// The snapshots each node installed (from `Ready::snapshot`), latest last.
+    installed: BTreeMap<NodeId, Vec<Snapshot>>,
 }
 
 fn config(id: NodeId, fault: Option<SafetyFault>) -> Config {
@@ -54,6 +64,11 @@ impl Cluster {
             down: BTreeSet::new(),
             cuts: BTreeSet::new(),
             fault: None,
+            images: BTreeMap::new(),
+            image_requests: BTreeMap::new(),
+            unanswered: BTreeSet::new(),
+            image_refusals: Vec::new(),
+            installed: BTreeMap::new(),
         }
     }
 
@@ -61,12 +76,58 @@ impl Cluster {
         self.nodes.get_mut(&id).unwrap()
     }
 
-    /// Handles every pending Ready of `id` (persisting synchronously) and queues its messages.
+    /// Handles every pending Ready of `id` (persisting synchronously) and queues its messages;
+    /// answers its snapshot requests if it has an image.
     fn drain(&mut self, id: NodeId) {
+        loop {
+            self.drain_readies(id);
+            if !self.answer_image_request(id) {
+                return;
+            }
+        }
+    }
+
+    /// An image of `id`'s state machine at its applied index, with `data` as the bytes.
+    fn image_of(&self, id: NodeId, data: Bytes) -> Snapshot {
+        let raft = &self.nodes[&id];
+        let index = raft.applied();
+        Snapshot {
+            meta: SnapshotMeta {
+                index,
+                term: raft.log_term(index).expect("applied index in the log"),
+                conf_state: raft.conf_state_at(index),
+            },
+            data,
+        }
+    }
+
+    /// Answers `id`'s outstanding snapshot request from its image, if it has one.
+    fn answer_image_request(&mut self, id: NodeId) -> bool {
+        let Some(data) = self.images.get(&id).cloned() else {
+            return false;
+        };
+        if !self.unanswered.remove(&id) {
+            return false;
+        }
+        let image = self.image_of(id, data);
+        if let Err(error) = self.node(id).provide_snapshot(image) {
+            self.image_refusals.push(error);
+        }
+        true
+    }
+
+    fn drain_readies(&mut self, id: NodeId) {
         while self.nodes[&id].has_ready() {
             let raft = self.nodes.get_mut(&id).unwrap();
             let ready = raft.ready();
             raft.on_persisted(ready.number);
+            if ready.snapshot_wanted {
+                *self.image_requests.entry(id).or_default() += 1;
+                assert!(self.unanswered.insert(id), "two requests outstanding");
+            }
+            if let Some(snapshot) = ready.snapshot {
+                self.installed.entry(id).or_default().push(snapshot);
+            }
             self.applied
                 .get_mut(&id)
                 .unwrap()
@@ -174,7 +235,7 @@ impl Cluster {
         let voters: Vec<NodeId> = (1..=self.nodes.len() as u64).collect();
         let restore = RestoreState {
             hard_state: old.hard_state(),
-            snapshot: old.snapshot().cloned(),
+            snapshot: old.snapshot_meta(),
             entries,
             applied: old.applied(),
             initial_conf: ConfState::new(voters, vec![]),
@@ -564,21 +625,22 @@ fn lagging_follower_catches_up_from_a_chunked_snapshot() {
     }
     cluster.settle();
     let applied = cluster.nodes[&1].applied();
-    cluster
-        .node(1)
-        .compact(applied, data("state-machine-image"))
-        .unwrap();
-    cluster
-        .node(2)
-        .compact(applied, data("state-machine-image"))
-        .unwrap();
+    for id in [1, 2] {
+        cluster.node(id).compact(applied).unwrap();
+        cluster.images.insert(id, data("state-machine-image"));
+    }
     cluster.down.remove(&3);
     cluster.tick_all(10);
     let status = cluster.nodes[&3].status();
     assert_eq!(status.applied, cluster.nodes[&1].applied(), "{status:?}");
-    let snapshot = cluster.nodes[&3].snapshot().expect("installed a snapshot");
+    let snapshot = cluster.installed[&3].last().expect("installed a snapshot");
     assert_eq!(snapshot.data, data("state-machine-image"));
     assert_eq!(snapshot.meta.index, applied);
+    assert_eq!(
+        cluster.nodes[&3].snapshot_meta(),
+        Some(snapshot.meta.clone())
+    );
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), 0, "stream over");
 }
 
 #[test]
@@ -602,16 +664,21 @@ fn a_snapshot_failing_its_integrity_check_is_refused_before_it_replaces_the_log(
     cluster.settle();
     let applied = cluster.nodes[&1].applied();
     for id in [1, 2] {
-        cluster
-            .node(id)
-            .compact(applied, data("damaged-image"))
-            .unwrap();
+        cluster.node(id).compact(applied).unwrap();
+        cluster.images.insert(id, data("damaged-image"));
     }
     let behind = cluster.nodes[&3].status();
     cluster.down.remove(&3);
     let refusals = cluster.tick_all_counting_refusals(10);
     assert!(refusals >= 1, "the damaged image was offered and refused");
-    assert!(cluster.nodes[&3].snapshot().is_none(), "nothing installed");
+    assert!(
+        cluster.nodes[&3].snapshot_meta().is_none(),
+        "nothing installed"
+    );
+    assert!(
+        cluster.image_requests[&1] >= 2,
+        "a refused image is dropped and a fresh one asked for"
+    );
     let status = cluster.nodes[&3].status();
     assert_eq!(status.applied, behind.applied, "the log was not replaced");
     assert_eq!(status.committed, behind.committed);
@@ -619,16 +686,143 @@ fn a_snapshot_failing_its_integrity_check_is_refused_before_it_replaces_the_log(
     cluster.node(1).propose(data("after")).unwrap();
     cluster.settle_counting_refusals();
     let applied = cluster.nodes[&1].applied();
-    cluster
-        .node(1)
-        .compact(applied, data("sound-image"))
-        .unwrap();
+    cluster.node(1).compact(applied).unwrap();
+    cluster.images.insert(1, data("sound-image"));
     cluster.tick_all_counting_refusals(10);
-    let snapshot = cluster.nodes[&3]
-        .snapshot()
+    let snapshot = cluster.installed[&3]
+        .last()
         .expect("installed the sound image");
     assert_eq!(snapshot.data, data("sound-image"));
     assert_eq!(cluster.nodes[&3].status().applied, applied);
+}
+
+#[test]
+fn a_lazy_image_is_asked_for_checked_streamed_and_dropped() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        config.snapshot_chunk_bytes = 3;
+    });
+    cluster.elect(1);
+    cluster.down.insert(3);
+    for i in 0..10 {
+        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
+    }
+    cluster.settle();
+    let applied = cluster.nodes[&1].applied();
+    for id in [1, 2] {
+        let meta = cluster.node(id).compact(applied).unwrap();
+        assert_eq!(meta.index, applied);
+        assert_eq!(cluster.nodes[&id].snapshot_meta(), Some(meta));
+    }
+    // Compaction keeps no image, and nobody asks for one while no follower is behind.
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), 0);
+    assert!(cluster.image_requests.is_empty());
+
+    // Node 3 returns behind the log start: the leader asks once and waits, however long the
+    // answer takes (heartbeats go on; nothing is streamed).
+    cluster.down.remove(&3);
+    cluster.tick_all(12);
+    assert_eq!(cluster.image_requests[&1], 1, "one request outstanding");
+    let (_, _, state) = cluster.nodes[&1].progress_of(3).unwrap();
+    assert_eq!(state, ProgressState::Snapshot);
+    assert!(!cluster.installed.contains_key(&3));
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), 0);
+
+    // A failed read: the follower's next heartbeat answer asks again.
+    assert!(cluster.unanswered.remove(&1));
+    cluster.node(1).snapshot_unavailable();
+    cluster.tick_all(3);
+    assert_eq!(
+        cluster.image_requests[&1], 2,
+        "asked again after a failed read"
+    );
+
+    // Images that do not describe the leader's log are refused and dropped.
+    let good = cluster.image_of(1, data("state-machine-image"));
+    let mut stale = good.clone();
+    stale.meta.index = applied - 2;
+    stale.meta.term = cluster.nodes[&1].log_term(applied).unwrap();
+    let mut wrong_term = good.clone();
+    wrong_term.meta.term += 1;
+    let mut ahead = good.clone();
+    ahead.meta.index += 1;
+    let mut wrong_conf = good.clone();
+    wrong_conf.meta.conf_state = ConfState::new(vec![1, 2], vec![]);
+    for (image, why) in [
+        (stale, "older than the compaction point"),
+        (wrong_term, "its term differs from the log's at its index"),
+        (ahead, "beyond the applied index"),
+        (
+            wrong_conf,
+            "its configuration differs from the log's at its index",
+        ),
+    ] {
+        let index = image.meta.index;
+        assert_eq!(
+            cluster.node(1).provide_snapshot(image),
+            Err(RaftError::SnapshotRefused { index, why })
+        );
+    }
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), 0);
+    assert!(!cluster.installed.contains_key(&3));
+
+    // A sound image is pinned for the waiting follower and streamed in chunks; once installed
+    // the leader holds no image any more, and the follower keeps only the meta.
+    cluster.unanswered.clear();
+    let length = good.data.len();
+    cluster.node(1).provide_snapshot(good.clone()).unwrap();
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), length);
+    cluster.settle();
+    let installed = cluster.installed[&3].last().unwrap();
+    assert_eq!(installed, &good);
+    assert_eq!(cluster.nodes[&3].snapshot_meta(), Some(good.meta.clone()));
+    assert_eq!(
+        cluster.nodes[&1].snapshot_pinned_bytes(),
+        0,
+        "image dropped"
+    );
+    let (matched, _, state) = cluster.nodes[&1].progress_of(3).unwrap();
+    assert_eq!(state, ProgressState::Replicate);
+    assert_eq!(matched, cluster.nodes[&1].last_index());
+    // An image nobody waits for any more is refused.
+    assert_eq!(
+        cluster.node(1).provide_snapshot(good.clone()),
+        Err(RaftError::SnapshotRefused {
+            index: good.meta.index,
+            why: "no follower waits for an image"
+        })
+    );
+    cluster.node(1).propose(data("after")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.applied_data(3), vec![data("after")]);
+}
+
+#[test]
+fn losing_leadership_drops_a_pinned_image() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        config.snapshot_chunk_bytes = 2;
+    });
+    cluster.elect(1);
+    cluster.down.insert(3);
+    for i in 0..6 {
+        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
+    }
+    cluster.settle();
+    let applied = cluster.nodes[&1].applied();
+    cluster.node(1).compact(applied).unwrap();
+    cluster.down.remove(&3);
+    cluster.tick_all(2);
+    assert!(cluster.unanswered.remove(&1), "asked for an image");
+    let image = cluster.image_of(1, data("image-of-node-1"));
+    cluster.node(1).provide_snapshot(image).unwrap();
+    assert!(cluster.nodes[&1].snapshot_pinned_bytes() > 0);
+    // Node 2 takes over before the stream ends: node 1's pinned image goes with its leadership.
+    cluster.queue.clear();
+    cluster.elect(2);
+    assert!(!cluster.nodes[&1].is_leader());
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), 0);
+    assert!(!cluster.nodes[&1].snapshot_requested());
 }
 
 #[test]

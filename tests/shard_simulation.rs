@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use kahuna::raft::*;
-use kahuna::shard::{PersistToken, Shard, ShardConfig, StateMachine};
+use kahuna::shard::{PersistToken, Shard, ShardConfig, ShardError, StateMachine};
 use kahuna::storage::{Backend, KvOp, MemoryBackend};
 
 const DIGEST_KEY: &[u8] = b"\x00digest";
@@ -115,6 +115,13 @@ struct Sim {
     next_proposal: u64,
     failures: Vec<String>,
     slept: u64,
+    /// Image reads a leader asked for (`ShardBatch::snapshots_wanted`), answered from storage at
+    /// the given time, as a node does on its blocking pool: (at, node, group).
+    image_reads: Vec<(u64, NodeId, GroupId)>,
+    /// Its own generator, so that the other choices of a seed do not depend on image reads.
+    image_dice: Dice,
+    images_taken: u64,
+    images_refused: u64,
 }
 
 fn raft_config() -> Config {
@@ -166,6 +173,10 @@ impl Sim {
             next_proposal: 1,
             failures: Vec::new(),
             slept: 0,
+            image_reads: Vec::new(),
+            image_dice: Dice::new(seed ^ 0x1_4a9e),
+            images_taken: 0,
+            images_refused: 0,
         };
         for &id in &ids {
             let node = sim.start_node(id, MemoryBackend::in_memory());
@@ -207,25 +218,13 @@ impl Sim {
                     .digests
                     .insert(group, (index, digest));
             }
-            // A compacted group restarts from an image of its data as it stands, as the node does.
-            let (snapshot, entries) = if state.snapshot.index > 0 {
-                let (mut meta, data) = image(&backend, group);
-                if meta.conf_state.voters.is_empty() {
-                    meta.conf_state = conf.clone();
-                }
-                let entries = state
-                    .entries
-                    .into_iter()
-                    .filter(|e| e.index > meta.index)
-                    .collect();
-                (Some(Snapshot { meta, data }), entries)
-            } else {
-                (None, state.entries)
-            };
+            // A compacted group restarts from the compaction point's meta alone, as the node
+            // does: no image is read.
+            let snapshot = (state.snapshot.index > 0).then(|| state.snapshot.clone());
             let restore = RestoreState {
                 hard_state: state.hard_state,
                 snapshot,
-                entries,
+                entries: state.entries,
                 applied: state.applied_index,
                 initial_conf: conf.clone(),
             };
@@ -374,6 +373,19 @@ impl Sim {
                 self.restores += 1;
             }
             outgoing.extend(batch.send_now);
+            for group in batch.snapshots_wanted {
+                if self
+                    .image_reads
+                    .iter()
+                    .any(|&(_, n, g)| n == id && g == group)
+                {
+                    self.failures.push(format!(
+                        "node {id} group {group}: two image reads outstanding"
+                    ));
+                }
+                let at = self.now + self.image_dice.pick(&[0, 0, 1, 4, 15]);
+                self.image_reads.push((at, id, group));
+            }
             applied = batch.applied;
             // As on a node: a batch with nothing that must be durable is reported persisted once
             // written, unless an earlier one still waits for its sync.
@@ -383,22 +395,24 @@ impl Sim {
                 node.unsynced.push_back(batch.token);
             }
         }
-        // Compact some logs, as the node does past its threshold, from the data as written.
+        // Compact some logs, as the node does past its threshold, up to what is applied in a
+        // written batch (storage's data covers it).
         for group in node.shard.group_ids() {
             let long = node.shard.raft(group).is_some_and(|r| r.log_len() > 6);
             if !long || !self.dice.chance(0.05) {
                 continue;
             }
-            let (meta, data) = image(&node.backend, group);
-            let raft = node.shard.raft(group).unwrap();
-            if meta.index < raft.first_index() || Some(meta.index) > node.shard.applied(group) {
+            let index = node.shard.written_applied(group).unwrap();
+            if index < node.shard.raft(group).unwrap().first_index() {
                 continue;
             }
             node.shard
-                .compact(group, meta.index, data)
+                .compact(group, index)
                 .expect("compaction at a written applied index");
             self.compactions += 1;
         }
+        self.answer_image_reads(id);
+        let node = self.nodes.get_mut(&id).unwrap();
         if sync_now && !node.unsynced.is_empty() {
             node.backend
                 .write(&kahuna::storage::WriteBatch::new(true))
@@ -420,6 +434,37 @@ impl Sim {
         }
         for (to, messages) in outgoing {
             self.send(id, to, messages);
+        }
+    }
+
+    /// Answers `id`'s due image reads from its storage, as the node does (a read sometimes
+    /// fails: the leader must ask again).
+    fn answer_image_reads(&mut self, id: NodeId) {
+        let now = self.now;
+        let mut due = Vec::new();
+        self.image_reads.retain(|&(at, node, group)| {
+            let is_due = node == id && at <= now;
+            if is_due {
+                due.push(group);
+            }
+            !is_due
+        });
+        let node = self.nodes.get_mut(&id).unwrap();
+        for group in due {
+            if self.image_dice.chance(0.1) {
+                node.shard.snapshot_unavailable(group);
+                continue;
+            }
+            let (meta, data) = image(&node.backend, group);
+            match node.shard.provide_snapshot(group, Snapshot { meta, data }) {
+                Ok(()) => self.images_taken += 1,
+                Err(ShardError::Raft(RaftError::SnapshotRefused { .. })) => {
+                    self.images_refused += 1
+                }
+                Err(error) => self
+                    .failures
+                    .push(format!("node {id} group {group}: image answer: {error}")),
+            }
         }
     }
 
@@ -538,6 +583,8 @@ impl Sim {
             node.up = false;
             node.unsynced.clear();
             node.backend.crash();
+            // Reads it had started die with it.
+            self.image_reads.retain(|&(_, node, _)| node != id);
         }
     }
 
@@ -710,13 +757,15 @@ impl Sim {
             return Err(self.failures.join("; "));
         }
         Ok(format!(
-            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader} compactions={} restores={} holds={}",
+            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader} compactions={} restores={} holds={} images_taken={} images_refused={}",
             self.describe(),
             self.proposals.len(),
             self.slept,
             self.compactions,
             self.restores,
-            self.holds
+            self.holds,
+            self.images_taken,
+            self.images_refused
         ))
     }
 }
@@ -765,9 +814,16 @@ fn seeds() -> Vec<u64> {
     // 2486311604276037457: a follower with a stale uncommitted suffix stayed awake and timed out
     //   under a sleeping leader; 5495325393129965013: a restarted leader with a too-short log
     //   campaigned while the others slept trusting it; 158985378458776511: a sleeping leader
-    //   ignored pre-votes from a follower that had lost track of it.
+    //   ignored pre-votes from a follower that had lost track of it; 1054718827274966167: a
+    //   restarted follower's held entries applied after the core installed a snapshot past them
+    //   looked up their membership below the log start.
     let mut seeds: Vec<u64> = (1..=12).collect();
-    seeds.extend([2486311604276037457, 5495325393129965013, 158985378458776511]);
+    seeds.extend([
+        2486311604276037457,
+        5495325393129965013,
+        158985378458776511,
+        1054718827274966167,
+    ]);
     seeds
 }
 

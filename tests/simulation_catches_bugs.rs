@@ -68,6 +68,51 @@ fn committing_earlier_terms_by_count_is_caught() {
 }
 
 #[test]
+fn taking_a_snapshot_image_without_checking_its_term_is_caught() {
+    // The simulator answers some of a leader's image requests with an image that misstates its
+    // term; a leader that streams it makes a follower's log start at a position nobody
+    // committed.
+    let found = first_violation(SafetyFault::SnapshotTermUnchecked, 1..100, |options| {
+        options.compact_after = 8;
+        options.crash_probability = 0.01;
+        options.partition_probability = 0.02;
+        options.proposal_probability = 1.0;
+    });
+    let report = found.expect("the simulator must catch an image installed at a wrong term");
+    println!("caught: {report}");
+    assert!(
+        report.contains("installed a snapshot claiming"),
+        "unexpected kind of violation: {report}"
+    );
+}
+
+#[test]
+fn correct_core_refuses_the_misstated_images() {
+    // The same settings as the image control, with the check in place, find nothing.
+    let (mut taken, mut refused) = (0, 0);
+    for seed in 1..12 {
+        let mut options = SimOptions::from_seed(seed);
+        options.compact_after = 8;
+        options.crash_probability = 0.01;
+        options.partition_probability = 0.02;
+        options.proposal_probability = 1.0;
+        let mut simulation = Simulation::new(options.clone());
+        let violations = simulation.run();
+        assert!(
+            violations.is_empty(),
+            "seed {seed} ({options}): {:?}",
+            violations.first()
+        );
+        taken += simulation.stats.images_taken;
+        refused += simulation.stats.images_refused;
+    }
+    assert!(
+        taken > 0 && refused > 0,
+        "images taken {taken}, refused {refused}"
+    );
+}
+
+#[test]
 fn correct_core_passes_the_same_hostile_settings() {
     // The same settings as the Figure 8 control, with the rule in place, find nothing.
     for seed in 1..40 {

@@ -12,6 +12,9 @@ pub enum SafetyFault {
     CommitEarlierTermByCount,
     /// Grant votes without the election restriction (the up-to-date log check).
     VoteWithoutLogCheck,
+    /// Take a provided snapshot image without checking that its term matches the log's term at
+    /// its index (an image that misstates its position is then streamed and installed).
+    SnapshotTermUnchecked,
 }
 
 /// Verifies a received snapshot image: `Err` explains why it must not be installed.

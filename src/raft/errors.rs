@@ -23,6 +23,10 @@ pub enum RaftError {
     InvalidTransferTarget(NodeId),
     #[error("cannot compact to {index}: {why}")]
     InvalidCompaction { index: Index, why: &'static str },
+    /// A provided snapshot image was not taken (it is dropped; a follower that still needs one
+    /// asks again after its next heartbeat answer).
+    #[error("snapshot image at {index} refused: {why}")]
+    SnapshotRefused { index: Index, why: &'static str },
     #[error("message for group {got} delivered to group {expected}")]
     WrongGroup { expected: u64, got: u64 },
     #[error("message for node {got} delivered to node {expected}")]

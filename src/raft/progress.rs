@@ -11,7 +11,9 @@ pub enum ProgressState {
     Probe,
     /// The follower matches up to `match_index`: appends are pipelined up to the window.
     Replicate,
-    /// The follower needs a snapshot; appends wait until it is installed.
+    /// The follower needs a snapshot; appends wait until it is installed. While the leader has
+    /// no image to stream yet (`Progress::streaming` is `None`), it waits for one
+    /// (`Raft::provide_snapshot`); heartbeats continue meanwhile.
     Snapshot,
 }
 
@@ -24,9 +26,15 @@ pub struct Progress {
     pub state: ProgressState,
     /// In `Probe`: an append was sent and no answer came back yet.
     pub probe_sent: bool,
-    /// In `Snapshot`: the snapshot being streamed and the byte offset acknowledged so far.
-    /// The snapshot is pinned here (a cheap shared handle) so that compactions on the leader
-    /// during the stream do not restart it: a follower always finishes the one it began.
+    /// In `Snapshot`: the index the follower must reach (the image's index once one is
+    /// pinned; the leader's compaction point while it waits for an image), the byte offset
+    /// acknowledged so far, and the image being streamed. The image is pinned here (a cheap
+    /// shared handle), and only here: the leader keeps no image of its own, so the data is freed
+    /// as soon as no stream needs it (the progress leaves `Snapshot`: installed, refused, or the
+    /// follower or the leadership is gone). Compactions during the stream do not restart it: a
+    /// follower always finishes the one it began.
+    /// Invariant: `streaming` is `None` outside `Snapshot`; when set, its index is
+    /// `pending_snapshot`.
     pub pending_snapshot: Index,
     pub snapshot_offset: u64,
     pub streaming: Option<Box<Snapshot>>,
@@ -92,7 +100,31 @@ impl Progress {
         self.next_index = self.match_index + 1;
     }
 
+    /// The follower is behind the leader's compaction point `snapshot_index` and the leader has
+    /// no image for it yet: wait for one, sending nothing but heartbeats.
+    pub fn become_snapshot_waiting(&mut self, snapshot_index: Index) {
+        assert!(
+            self.match_index < snapshot_index,
+            "follower matching {} needs no snapshot at {snapshot_index}",
+            self.match_index
+        );
+        self.reset_state(ProgressState::Snapshot);
+        self.pending_snapshot = snapshot_index;
+    }
+
+    /// Whether this follower waits for an image (`Snapshot` with nothing pinned).
+    pub fn waits_for_image(&self) -> bool {
+        self.state == ProgressState::Snapshot && self.streaming.is_none()
+    }
+
+    /// Pins `snapshot` and starts streaming it from the first byte.
     pub fn become_snapshot(&mut self, snapshot: Snapshot) {
+        assert!(
+            snapshot.meta.index > self.match_index,
+            "snapshot at {} for a follower matching {}",
+            snapshot.meta.index,
+            self.match_index
+        );
         self.reset_state(ProgressState::Snapshot);
         self.pending_snapshot = snapshot.meta.index;
         self.streaming = Some(Box::new(snapshot));
@@ -306,6 +338,22 @@ mod tests {
         assert!(progress.is_paused());
         progress.become_probe();
         assert_eq!(progress.next_index, 51);
+    }
+
+    #[test]
+    fn waiting_for_an_image_pauses_and_pinning_one_streams_it() {
+        let mut progress = Progress::new(1, 4);
+        progress.become_snapshot_waiting(20);
+        assert!(progress.is_paused());
+        assert!(progress.waits_for_image());
+        let mut snapshot = Snapshot::default();
+        snapshot.meta.index = 30;
+        progress.become_snapshot(snapshot);
+        assert!(!progress.waits_for_image());
+        assert_eq!(progress.pending_snapshot, 30);
+        progress.snapshot_refused();
+        assert!(progress.streaming.is_none(), "a refused image is dropped");
+        assert_eq!(progress.state, ProgressState::Probe);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub struct SoftState {
 ///    `Raft::on_persisted(number)`.
 /// 4. Apply `committed_entries` in order (they are already durable locally and committed).
 ///    `read_states` may be answered once the state machine has applied their index.
+/// 5. If `snapshot_wanted`: read an image of the state machine (off the hot path, any time
+///    later) and hand it to `Raft::provide_snapshot`, or call `Raft::snapshot_unavailable` if
+///    it cannot be read. Exactly one of the two answers each request.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub number: u64,
@@ -39,6 +42,12 @@ pub struct Ready {
     /// be reported persisted once written, as long as every earlier Ready that needed a sync
     /// was synced first.
     pub must_sync: bool,
+    /// The leader has a follower behind its log start and no image to stream to it (it keeps
+    /// only the snapshot's meta). The image must cover a prefix the leader still agrees with:
+    /// an index at or after its compaction point and at most its applied index, e.g. the
+    /// applied state in storage. At most one request per replica is outstanding: no other is
+    /// made until it is answered.
+    pub snapshot_wanted: bool,
 }
 
 impl Ready {

@@ -18,9 +18,9 @@ use super::types::*;
 #[derive(Clone, Debug, Default)]
 pub struct RestoreState {
     pub hard_state: HardState,
-    /// The latest durable snapshot, if the log was ever compacted. Its data is what the leader
-    /// streams to followers that fell behind the compaction point.
-    pub snapshot: Option<Snapshot>,
+    /// Where the log was last compacted (or a snapshot installed), if ever. Only the meta: the
+    /// image itself stays in storage until a follower needs it (`Ready::snapshot_wanted`).
+    pub snapshot: Option<SnapshotMeta>,
     /// The durable log after the snapshot point, contiguous.
     pub entries: Vec<Entry>,
     /// The index the state machine has durably applied.
@@ -35,6 +35,19 @@ enum CampaignKind {
     PreElection,
     Election,
     Transfer,
+}
+
+/// Where a leader stands with asking its caller for a snapshot image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ImageRequest {
+    /// Nothing asked.
+    Idle,
+    /// A follower waits for an image: ask in the next Ready.
+    Wanted,
+    /// Asked (`Ready::snapshot_wanted`), not yet answered by `provide_snapshot` or
+    /// `snapshot_unavailable`. Kept across role changes, so that there is never more than one
+    /// request outstanding; the answer is judged against the state it arrives in.
+    Outstanding,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -77,8 +90,10 @@ pub struct Raft {
     conf_index: Index,
     /// The configuration at the snapshot point (or the initial one).
     base_conf: ConfState,
-    /// The latest local snapshot; the leader streams it to followers behind the log start.
-    snapshot: Option<Snapshot>,
+    /// No image is held here: the snapshot is the log's compaction point (`log.snapshot_index`,
+    /// its term) and `base_conf`. A leader asks its caller for an image when a follower needs
+    /// one, and pins it only in the progress of the followers it streams to.
+    image_request: ImageRequest,
 
     // Leader state. Invariant: `progress` holds exactly the members other than `id`.
     progress: ProgressMap,
@@ -126,7 +141,7 @@ impl Raft {
         config.validate()?;
         let invalid = |why: String| Err(RaftError::InvalidRestore(why));
         let (snapshot_index, snapshot_term, base_conf) = match &restore.snapshot {
-            Some(s) => (s.meta.index, s.meta.term, s.meta.conf_state.clone()),
+            Some(meta) => (meta.index, meta.term, meta.conf_state.clone()),
             None => (0, 0, restore.initial_conf.clone()),
         };
         for (position, entry) in restore.entries.iter().enumerate() {
@@ -176,7 +191,7 @@ impl Raft {
             conf: base_conf.clone(),
             conf_index: snapshot_index,
             base_conf,
-            snapshot: restore.snapshot,
+            image_request: ImageRequest::Idle,
             progress: ProgressMap::new(),
             transfer_target: NO_NODE,
             broadcast_pending: false,
@@ -368,7 +383,11 @@ impl Raft {
         self.reset_election_timer();
         // Freed, not cleared: elections are rare, idle replicas are many.
         self.votes = Vec::new();
+        // Dropping the progress frees every pinned image.
         self.progress.clear();
+        if self.image_request == ImageRequest::Wanted {
+            self.image_request = ImageRequest::Idle;
+        }
         self.transfer_target = NO_NODE;
         self.broadcast_pending = false;
         self.read_heartbeat_pending = false;
@@ -911,11 +930,12 @@ impl Raft {
             self.base_conf = meta.conf_state.clone();
             self.conf = meta.conf_state.clone();
             self.conf_index = meta.index;
+            // The image goes to storage with the next Ready and is not kept here: only its meta
+            // remains, as the log's compaction point and `base_conf`.
             let snapshot = Snapshot {
                 meta,
                 data: Bytes::from(buffer),
             };
-            self.snapshot = Some(snapshot.clone());
             self.snapshot_to_install = Some(Box::new(snapshot));
         }
         let body = MessageBody::AppendResponse {
@@ -957,7 +977,10 @@ impl Raft {
             } => {
                 let progress = self.progress_mut(from);
                 progress.recent_active = true;
+                // An answer about an image no longer pinned (this follower now waits for a new
+                // one, perhaps at the same index) is stale.
                 if progress.state == ProgressState::Snapshot
+                    && !progress.waits_for_image()
                     && progress.pending_snapshot == snapshot_index
                 {
                     if next_offset == SNAPSHOT_REFUSED {
@@ -1036,6 +1059,9 @@ impl Raft {
             progress.read_seq_acked = read_seq;
         }
         match state {
+            // Still waiting for an image: ask again (an earlier answer may have been stale or
+            // failed); at most once per heartbeat round, and never two requests at once.
+            ProgressState::Snapshot if self.progress[&from].waits_for_image() => self.want_image(),
             ProgressState::Snapshot => self.send_snapshot_chunk(from),
             // An append may have been lost: resend from where the follower is known to be.
             ProgressState::Replicate if behind => {
@@ -1062,13 +1088,12 @@ impl Raft {
         let prev_term = self.log.term(prev_index);
         let entries = self.log.entries_from(next, self.config.append_bytes_max);
         let (Some(prev_term), Some(entries)) = (prev_term, entries) else {
-            // The follower is behind our compaction point: stream the snapshot instead.
-            let snapshot = self
-                .snapshot
-                .clone()
-                .expect("a compacted log has a snapshot");
-            self.progress_mut(to).become_snapshot(snapshot);
-            self.send_snapshot_chunk(to);
+            // The follower is behind our compaction point: it needs an image, which the caller
+            // reads for us (we keep none). Appends to it pause until one is provided.
+            let snapshot_index = self.log.snapshot_index();
+            self.progress_mut(to)
+                .become_snapshot_waiting(snapshot_index);
+            self.want_image();
             return false;
         };
         if entries.is_empty() && !send_if_empty {
@@ -1087,6 +1112,101 @@ impl Raft {
             },
         );
         true
+    }
+
+    /// Asks the caller for an image (in the next Ready) unless a request is already pending.
+    fn want_image(&mut self) {
+        debug_assert_eq!(self.role, Role::Leader);
+        if self.image_request == ImageRequest::Idle {
+            self.image_request = ImageRequest::Wanted;
+        }
+    }
+
+    /// Answers a `Ready::snapshot_wanted` request with an image of the state machine. It is
+    /// taken only while this replica leads and some follower waits for one, and only if it
+    /// covers a prefix this replica holds and agrees with: its index at or after the compaction
+    /// point and at most the applied index, its term and configuration those of the log at
+    /// that index. It is then pinned into every waiting follower's progress and streamed;
+    /// otherwise it is dropped (`SnapshotRefused`) and a waiting follower asks again after its
+    /// next heartbeat answer.
+    pub fn provide_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
+        if self.image_request == ImageRequest::Outstanding {
+            self.image_request = ImageRequest::Idle;
+        }
+        let index = snapshot.meta.index;
+        self.check_image(&snapshot.meta)?;
+        let waiting: Vec<NodeId> = self
+            .progress
+            .iter()
+            .filter(|(_, p)| p.waits_for_image())
+            .map(|(&id, _)| id)
+            .collect();
+        for to in waiting {
+            assert!(
+                self.progress[&to].pending_snapshot <= index,
+                "image at {index} older than the compaction point {} a follower waits for",
+                self.progress[&to].pending_snapshot
+            );
+            self.progress_mut(to).become_snapshot(snapshot.clone());
+            self.send_snapshot_chunk(to);
+        }
+        // Everyone waiting is served: an unsurfaced request is moot.
+        if self.image_request == ImageRequest::Wanted {
+            self.image_request = ImageRequest::Idle;
+        }
+        Ok(())
+    }
+
+    fn check_image(&self, meta: &SnapshotMeta) -> Result<(), RaftError> {
+        let refuse = |why| {
+            Err(RaftError::SnapshotRefused {
+                index: meta.index,
+                why,
+            })
+        };
+        if self.role != Role::Leader {
+            return refuse("not the leader");
+        }
+        if !self.progress.values().any(Progress::waits_for_image) {
+            return refuse("no follower waits for an image");
+        }
+        if meta.index < self.log.snapshot_index() {
+            return refuse("older than the compaction point");
+        }
+        if meta.index > self.log.applied() {
+            return refuse("beyond the applied index");
+        }
+        let term_checked = self.config.safety_fault != Some(SafetyFault::SnapshotTermUnchecked);
+        if term_checked && self.log.term(meta.index) != Some(meta.term) {
+            return refuse("its term differs from the log's at its index");
+        }
+        if self.conf_at(meta.index) != meta.conf_state {
+            return refuse("its configuration differs from the log's at its index");
+        }
+        Ok(())
+    }
+
+    /// Answers a `Ready::snapshot_wanted` request whose image could not be read: a waiting
+    /// follower asks again after its next heartbeat answer.
+    pub fn snapshot_unavailable(&mut self) {
+        if self.image_request == ImageRequest::Outstanding {
+            self.image_request = ImageRequest::Idle;
+        }
+    }
+
+    /// Bytes of snapshot images pinned by streams to followers (each stream counted, though
+    /// streams of one image share its buffer). Zero once every stream has ended.
+    pub fn snapshot_pinned_bytes(&self) -> usize {
+        self.progress
+            .values()
+            .filter_map(|p| p.streaming.as_ref())
+            .map(|snapshot| snapshot.data.len())
+            .sum()
+    }
+
+    /// Whether a `Ready::snapshot_wanted` request is pending (to be made or unanswered).
+    pub fn snapshot_requested(&self) -> bool {
+        self.image_request != ImageRequest::Idle
     }
 
     fn send_snapshot_chunk(&mut self, to: NodeId) {
@@ -1407,9 +1527,10 @@ impl Raft {
         Ok(())
     }
 
-    /// Discards log entries up to `index` (applied and durable), keeping `data` as the snapshot
-    /// of the state machine at that point for followers that fall behind.
-    pub fn compact(&mut self, index: Index, data: Bytes) -> Result<(), RaftError> {
+    /// Discards log entries up to `index` (applied, and written to storage by the caller), and
+    /// returns the new snapshot meta. No image is kept: the caller's storage holds the state
+    /// machine, and provides an image when a follower behind `index` needs one.
+    pub fn compact(&mut self, index: Index) -> Result<SnapshotMeta, RaftError> {
         if index <= self.log.snapshot_index() {
             return Err(RaftError::InvalidCompaction {
                 index,
@@ -1429,15 +1550,11 @@ impl Raft {
         let conf_state = self.conf_at(index);
         self.log.compact(index);
         self.base_conf = conf_state.clone();
-        self.snapshot = Some(Snapshot {
-            meta: SnapshotMeta {
-                index,
-                term,
-                conf_state,
-            },
-            data,
-        });
-        Ok(())
+        Ok(SnapshotMeta {
+            index,
+            term,
+            conf_state,
+        })
     }
 
     /// The configuration in effect at `index` (at or after the snapshot point, at most the last
@@ -1464,9 +1581,15 @@ impl Raft {
         self.base_conf.clone()
     }
 
-    /// The latest local snapshot, if any.
-    pub fn snapshot(&self) -> Option<&Snapshot> {
-        self.snapshot.as_ref()
+    /// Where the log was last compacted or a snapshot installed, if ever (the meta only: no
+    /// image is held).
+    pub fn snapshot_meta(&self) -> Option<SnapshotMeta> {
+        let index = self.log.snapshot_index();
+        (index > 0).then(|| SnapshotMeta {
+            index,
+            term: self.log.term(index).expect("the snapshot point has a term"),
+            conf_state: self.base_conf.clone(),
+        })
     }
 
     // ----- Ready -----
@@ -1481,6 +1604,7 @@ impl Raft {
             || !self.persisted_messages.is_empty()
             || self.log.has_unstable()
             || self.snapshot_to_install.is_some()
+            || self.image_request == ImageRequest::Wanted
             || self.log.has_next_committed()
             || !self.read_states.is_empty()
             || !self.dropped_reads.is_empty()
@@ -1511,6 +1635,10 @@ impl Raft {
         let must_sync = !entries.is_empty()
             || snapshot.is_some()
             || hard_state.is_some_and(|h| h.term != previous.term || h.vote != previous.vote);
+        let snapshot_wanted = self.image_request == ImageRequest::Wanted;
+        if snapshot_wanted {
+            self.image_request = ImageRequest::Outstanding;
+        }
         let soft = self.soft_state();
         let soft_state = (soft != self.last_soft_state).then(|| {
             self.last_soft_state = soft;
@@ -1528,6 +1656,7 @@ impl Raft {
             read_states: std::mem::take(&mut self.read_states),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             must_sync,
+            snapshot_wanted,
         };
         if ready.must_persist() {
             self.unpersisted

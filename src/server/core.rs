@@ -20,8 +20,8 @@ use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::storage_writer::StorageWriter;
 use crate::kv::{Completion, KvMachine, Outcome};
-use crate::raft::{GroupId, Index, NodeId, Role, Term};
-use crate::shard::{Shard, ShardBatch};
+use crate::raft::{GroupId, Index, NodeId, RaftError, Role, Snapshot, Term};
+use crate::shard::{Shard, ShardBatch, ShardError};
 use crate::transport::PeerTransport;
 
 /// How long a client waits for its write to apply before the node answers Timeout.
@@ -189,7 +189,6 @@ pub async fn run_loop(
 ) {
     let mut next_tick = Instant::now() + tick;
     let mut next_compaction = Instant::now() + COMPACTION_INTERVAL;
-    let compacting = Rc::new(Cell::new(false));
     // Invariant: `in_flight` counts the batches sent into `pipe` and not yet fully released
     // by the writer; it never exceeds PIPELINE_DEPTH, the channel's capacity.
     let in_flight = Rc::new(Cell::new(0usize));
@@ -220,6 +219,7 @@ pub async fn run_loop(
             if let Some((mut batch, completions)) = collected {
                 worked = true;
                 let received = state.received_at.take();
+                start_snapshot_reads(&state, std::mem::take(&mut batch.snapshots_wanted));
                 crate::metrics::stages::collected(state.core, &batch);
                 for (peer, messages) in std::mem::take(&mut batch.send_now) {
                     let _ = state.transport.send(peer, messages);
@@ -235,18 +235,11 @@ pub async fn run_loop(
                 }
             }
         }
-        // Compaction runs beside the loop (its reads go to the blocking pool), so a long pass
-        // never stops ticks, heartbeats or writes.
-        if Instant::now() >= next_compaction && !compacting.get() {
+        // Compaction reads nothing (images are read only when a follower needs one), so it
+        // runs inline: a bounded pass over the groups' log lengths.
+        if Instant::now() >= next_compaction {
             next_compaction = Instant::now() + COMPACTION_INTERVAL;
-            compacting.set(true);
-            let state = state.clone();
-            let compacting = compacting.clone();
-            glommio::spawn_local(async move {
-                compact_long_logs(&state, compact_after).await;
-                compacting.set(false);
-            })
-            .detach();
+            compact_long_logs(&state, compact_after);
         }
         if worked {
             continue;
@@ -359,48 +352,83 @@ fn start_fetches(state: &Rc<CoreState>) {
 
 /// How often a core looks for logs to compact.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
-/// Groups compacted per pass (each reads the group's data off the reactor).
+/// Groups compacted per pass.
 const COMPACTIONS_PER_PASS_MAX: usize = 16;
 
-/// Compacts the logs that grew beyond `compact_after` entries: reads each group's data image
-/// (as of the last written batch, which covers everything applied) and drops the log up to it.
-async fn compact_long_logs(state: &CoreState, compact_after: usize) {
-    let candidates: Vec<GroupId> = {
-        let shard = state.shard.borrow();
-        shard
-            .group_ids()
-            .into_iter()
-            .filter(|&g| shard.raft(g).is_some_and(|r| r.log_len() > compact_after))
-            .take(COMPACTIONS_PER_PASS_MAX)
-            .collect()
-    };
-    for group in candidates {
-        let image = state.storage.snapshot(group).await;
-        let (meta, data) = match image {
-            Ok(image) => image,
-            Err(error) => {
-                eprintln!(
-                    "kahuna: core {}: cannot read group {group} for compaction: {error}",
-                    state.core
-                );
-                continue;
-            }
-        };
-        let mut shard = state.shard.borrow_mut();
-        let Some(raft) = shard.raft(group) else {
-            continue;
-        };
-        // Only an image at an applied index still in the log can replace that prefix.
-        if meta.index < raft.first_index() || Some(meta.index) > shard.applied(group) {
-            continue;
-        }
-        if let Err(error) = shard.compact(group, meta.index, data) {
+/// Compacts the logs that grew beyond `compact_after` entries up to the last entry applied in
+/// a written batch: storage's data covers that point, so the log before it is no longer
+/// needed, and an image for a follower behind it is read from storage when one is wanted.
+fn compact_long_logs(state: &CoreState, compact_after: usize) {
+    let mut shard = state.shard.borrow_mut();
+    let candidates: Vec<(GroupId, Index)> = shard
+        .group_ids()
+        .into_iter()
+        .filter_map(|group| {
+            let raft = shard.raft(group)?;
+            let written = shard.written_applied(group)?;
+            (raft.log_len() > compact_after && written >= raft.first_index())
+                .then_some((group, written))
+        })
+        .take(COMPACTIONS_PER_PASS_MAX)
+        .collect();
+    for (group, index) in candidates {
+        if let Err(error) = shard.compact(group, index) {
             eprintln!(
                 "kahuna: core {}: compaction of group {group} refused: {error}",
                 state.core
             );
         }
     }
+}
+
+/// Reads the images the groups' leaders asked for (`ShardBatch::snapshots_wanted`) on the
+/// blocking pool, one after the other, and hands each to its group. Each group has at most one
+/// request outstanding, so the reads (and the images held until a leader pins them) are bounded
+/// by the groups of the core with a follower behind their log start. A failed read is not fatal:
+/// the leader asks again after a heartbeat round.
+fn start_snapshot_reads(state: &Rc<CoreState>, groups: Vec<GroupId>) {
+    if groups.is_empty() {
+        return;
+    }
+    let state = state.clone();
+    glommio::spawn_local(async move {
+        for group in groups {
+            let image = state.storage.snapshot(group).await;
+            let mut shard = state.shard.borrow_mut();
+            let (mut meta, data) = match image {
+                Ok(image) => image,
+                Err(error) => {
+                    eprintln!(
+                        "kahuna: core {}: cannot read an image of group {group}: {error}",
+                        state.core
+                    );
+                    shard.snapshot_unavailable(group);
+                    continue;
+                }
+            };
+            if meta.conf_state.voters.is_empty() {
+                // Data written before memberships were stored with applies (no membership
+                // changes existed then): the group's configuration at that index is the record.
+                if let Some(raft) = shard.raft(group) {
+                    if meta.index >= raft.first_index() - 1 && meta.index <= raft.last_index() {
+                        meta.conf_state = raft.conf_state_at(meta.index);
+                    }
+                }
+            }
+            match shard.provide_snapshot(group, Snapshot { meta, data }) {
+                Ok(()) => {}
+                // A stale image (a compaction or install raced the read) or leadership gone:
+                // expected now and then; the leader asks again if it still needs one.
+                Err(ShardError::Raft(RaftError::SnapshotRefused { .. })) => {}
+                Err(error) => eprintln!(
+                    "kahuna: core {}: image of group {group} refused: {error}",
+                    state.core
+                ),
+            }
+        }
+        state.ring();
+    })
+    .detach();
 }
 
 /// The batch holding these applies (and restored snapshots) is written: the machine may now

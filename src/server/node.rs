@@ -18,7 +18,7 @@ use super::placement::{core_of, group_of, replicas};
 use super::storage_writer::StorageWriter;
 use crate::kv::{KvMachine, KvMachineConfig};
 use crate::proto::client::NodeAddress;
-use crate::raft::{ConfState, Config, RestoreState, Snapshot};
+use crate::raft::{ConfState, Config, RestoreState};
 use crate::shard::{Shard, ShardConfig};
 use crate::storage::DataDir;
 use crate::transport::{PeerTransport, TransportConfig, TransportLimits};
@@ -92,7 +92,7 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let builder = LocalExecutorBuilder::new(placement_of(&config, core))
             .name(&format!("kahuna-core-{core}"))
             .spin_before_park(Duration::from_micros(50))
-            // Two blocking threads: batch writes never wait behind a compaction's image read.
+            // Two blocking threads: batch writes never wait behind an image read for a follower.
             .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2));
         let handle = builder
             .spawn(move || async move { run_core(config, core, backend, mesh).await })
@@ -158,36 +158,22 @@ async fn run_core(
             );
         }
         let fresh = state.hard_state.term == 0 && state.entries.is_empty();
-        let (snapshot, entries) = if state.snapshot.index > 0 {
-            // A compacted group restarts from an image of its data as it stands (at the
-            // applied index, at or after the compaction point): the image the leader streams
-            // to followers that fall behind the log's start.
-            let (meta, data) = storage
-                .snapshot_blocking(group)
-                .map_err(|e| format!("snapshot of group {group}: {e}"))?;
-            let mut meta = meta;
+        // A compacted group restarts from the compaction point's meta alone: its data is in
+        // storage already, and an image is read only if a follower ever needs one. The log
+        // after that point is stored, and apply resumes after the stored applied index.
+        let snapshot = (state.snapshot.index > 0).then(|| {
+            let mut meta = state.snapshot.clone();
             if meta.conf_state.voters.is_empty() {
-                // Written before memberships were stored with applies: the compaction point's
-                // membership is the best record (no membership changes existed then).
-                meta.conf_state = if state.snapshot.conf_state.voters.is_empty() {
-                    ConfState::new(members.clone(), vec![])
-                } else {
-                    state.snapshot.conf_state.clone()
-                };
+                // Written before memberships were stored with compactions (no membership
+                // changes existed then): the placement's members are the record.
+                meta.conf_state = ConfState::new(members.clone(), vec![]);
             }
-            let entries = state
-                .entries
-                .into_iter()
-                .filter(|e| e.index > meta.index)
-                .collect();
-            (Some(Snapshot { meta, data }), entries)
-        } else {
-            (None, state.entries)
-        };
+            meta
+        });
         let restore = RestoreState {
             hard_state: state.hard_state,
             snapshot,
-            entries,
+            entries: state.entries,
             applied: state.applied_index,
             initial_conf: ConfState::new(members.clone(), vec![]),
         };

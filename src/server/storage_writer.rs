@@ -86,7 +86,8 @@ impl StorageWriter {
     }
 
     /// A consistent image of `group`'s kv data as of the last written batch, with the applied
-    /// position it covers, read on the blocking pool.
+    /// position it covers, read on the blocking pool. Read only when a group's leader asks for
+    /// one to stream to a follower behind its log start; nothing else holds images.
     pub async fn snapshot(&self, group: GroupId) -> Result<(crate::raft::SnapshotMeta, Bytes)> {
         let backend = self.backend.clone();
         glommio::executor()
@@ -98,16 +99,6 @@ impl StorageWriter {
                 concat(reader.read_all()?)
             })
             .await
-    }
-
-    /// Blocking: only for startup, before the core serves anything.
-    pub fn snapshot_blocking(&self, group: GroupId) -> Result<(crate::raft::SnapshotMeta, Bytes)> {
-        let reader = self
-            .backend
-            .lock()
-            .map_err(|_| poisoned())?
-            .kv_snapshot(group, SNAPSHOT_CHUNK_BYTES)?;
-        concat(reader.read_all()?)
     }
 
     /// Blocking: only for startup, before the core serves anything.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use super::liveness::NodeLiveness;
 use crate::raft::{
     ConfState, Config, Entry, EntryKind, GroupId, Index, Message, MessageBody, NodeId, Raft,
-    RaftError, ReadState, RestoreState, Role, SnapshotMeta, SoftState, Term,
+    RaftError, ReadState, RestoreState, Role, Snapshot, SnapshotMeta, SoftState, Term,
 };
 use crate::storage::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 
@@ -114,7 +114,10 @@ const HINT_AHEAD_MAX: usize = 64;
 ///
 /// Contract for the driver: send `send_now` at once; write `write` (one atomic write, one sync);
 /// once it is durable, call [`Shard::persisted`] with `token`, which returns the messages that
-/// waited for durability. Batches must be written in the order they were collected.
+/// waited for durability. Batches must be written in the order they were collected. For each
+/// group in `snapshots_wanted`, read an image of the group's data from storage (off the
+/// reactor, whenever convenient) and hand it to [`Shard::provide_snapshot`], or call
+/// [`Shard::snapshot_unavailable`] if the read fails.
 #[derive(Debug, Default)]
 pub struct ShardBatch {
     pub write: WriteBatch,
@@ -127,6 +130,9 @@ pub struct ShardBatch {
     pub read_states: Vec<(GroupId, ReadState)>,
     pub dropped_reads: Vec<(GroupId, u64)>,
     pub leader_changes: Vec<(GroupId, SoftState)>,
+    /// Groups whose leader needs an image of the group's data to stream to a follower behind
+    /// its log start (`Ready::snapshot_wanted`). Each group appears at most once until answered.
+    pub snapshots_wanted: Vec<GroupId>,
     pub token: PersistToken,
 }
 
@@ -409,19 +415,44 @@ impl<S: StateMachine> Shard<S> {
         Ok(action(&mut slot.raft))
     }
 
-    /// Compacts `group`'s log up to `index`, where `data` is the group's state machine image
-    /// exactly at `index` (applied and written). The log entries are deleted from storage with
-    /// the next batch.
-    pub fn compact(&mut self, group: GroupId, index: Index, data: Bytes) -> Result<(), ShardError> {
+    /// Compacts `group`'s log up to `index`, which must be applied in a written batch
+    /// (`written_applied`): storage's data then covers it, so the image a follower may later
+    /// need is read from there. The log entries are deleted from storage with the next batch.
+    pub fn compact(&mut self, group: GroupId, index: Index) -> Result<(), ShardError> {
         let slot = self
             .groups
             .get_mut(&group)
             .ok_or(ShardError::UnknownGroup(group))?;
-        slot.raft.compact(index, data)?;
-        let meta = slot.raft.snapshot().expect("just compacted").meta.clone();
+        if index > slot.written_applied {
+            return Err(RaftError::InvalidCompaction {
+                index,
+                why: "beyond the applied index in storage",
+            }
+            .into());
+        }
+        let meta = slot.raft.compact(index)?;
         self.compactions.push((group, meta));
         self.dirty.insert(group);
         Ok(())
+    }
+
+    /// Answers `group`'s image request (`ShardBatch::snapshots_wanted`) with an image read
+    /// from storage. See [`Raft::provide_snapshot`] for when it is refused.
+    pub fn provide_snapshot(&mut self, group: GroupId, image: Snapshot) -> Result<(), ShardError> {
+        let slot = self
+            .groups
+            .get_mut(&group)
+            .ok_or(ShardError::UnknownGroup(group))?;
+        Self::wake(&mut self.awake, group, slot);
+        self.dirty.insert(group);
+        Ok(slot.raft.provide_snapshot(image)?)
+    }
+
+    /// `group`'s image could not be read: its leader asks again after a heartbeat round.
+    pub fn snapshot_unavailable(&mut self, group: GroupId) {
+        if let Some(slot) = self.groups.get_mut(&group) {
+            slot.raft.snapshot_unavailable();
+        }
     }
 
     /// Gathers the Readies of every group with work into one batch. `None` when idle. With
@@ -462,6 +493,9 @@ impl<S: StateMachine> Shard<S> {
                 let mut write = GroupWrite::new(group);
                 if let Some(soft) = ready.soft_state {
                     batch.leader_changes.push((group, soft));
+                }
+                if ready.snapshot_wanted {
+                    batch.snapshots_wanted.push(group);
                 }
                 write.hard_state = ready.hard_state;
                 write.must_sync = ready.must_sync;
@@ -550,10 +584,12 @@ impl<S: StateMachine> Shard<S> {
         let last = applied.last()?;
         // The membership in force at the applied index is stored with it (a group's first apply
         // records the initial one), so a restart from compacted state knows its voters without
-        // the log.
+        // the log. Entries held from before a snapshot the core has installed since (its Ready
+        // follows in this batch and records its own membership) are below the log: the first
+        // apply after that snapshot stores it then.
+        let in_log = last.index + 1 >= slot.raft.first_index();
         let conf_state = conf_change.or_else(|| {
-            slot.stored_conf_index
-                .is_none()
+            (slot.stored_conf_index.is_none() && in_log)
                 .then(|| slot.raft.conf_state_at(last.index))
         });
         if conf_state.is_some() {

@@ -123,10 +123,12 @@ impl fmt::Display for SimOptions {
 }
 
 /// The replicated state machine: a hash chain over every applied entry. Two replicas that
-/// applied the same prefix have the same digest; the snapshot is the digest itself.
+/// applied the same prefix have the same digest; the snapshot is the digest itself, with the
+/// position (index and term) it covers.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct StateMachine {
     applied: Index,
+    applied_term: Term,
     digest: u64,
 }
 
@@ -159,18 +161,21 @@ impl StateMachine {
             "state machine applies in order"
         );
         self.applied = entry.index;
+        self.applied_term = entry.term;
         self.digest = mix(self.digest, entry_hash(entry));
     }
     fn encode(&self) -> Bytes {
-        let mut out = Vec::with_capacity(16);
+        let mut out = Vec::with_capacity(24);
         out.extend_from_slice(&self.applied.to_be_bytes());
+        out.extend_from_slice(&self.applied_term.to_be_bytes());
         out.extend_from_slice(&self.digest.to_be_bytes());
         Bytes::from(out)
     }
     fn decode(data: &[u8]) -> StateMachine {
         StateMachine {
             applied: u64::from_be_bytes(data[0..8].try_into().unwrap()),
-            digest: u64::from_be_bytes(data[8..16].try_into().unwrap()),
+            applied_term: u64::from_be_bytes(data[8..16].try_into().unwrap()),
+            digest: u64::from_be_bytes(data[16..24].try_into().unwrap()),
         }
     }
 }
@@ -179,7 +184,7 @@ impl StateMachine {
 #[derive(Clone, Debug, Default)]
 struct Durable {
     hard_state: HardState,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<SnapshotMeta>,
     entries: Vec<Entry>,
     state_machine: StateMachine,
 }
@@ -188,12 +193,13 @@ enum Write {
     Ready {
         number: u64,
         hard_state: Option<HardState>,
-        snapshot: Option<Snapshot>,
+        /// An installed snapshot's meta; its data is the `StateMachine` write that follows.
+        snapshot: Option<SnapshotMeta>,
         entries: Vec<Entry>,
         messages: Vec<Message>,
     },
     StateMachine(StateMachine),
-    Compact(Snapshot),
+    Compact(SnapshotMeta),
 }
 
 impl Durable {
@@ -210,7 +216,7 @@ impl Durable {
                     self.entries.clear();
                 }
                 if let Some(first) = entries.first() {
-                    let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
+                    let base = self.snapshot.as_ref().map_or(0, |s| s.index);
                     assert!(
                         first.index > base,
                         "entry {} written at or below snapshot {base}",
@@ -230,9 +236,9 @@ impl Durable {
             }
             Write::StateMachine(state_machine) => self.state_machine = *state_machine,
             Write::Compact(snapshot) => {
-                let base = self.snapshot.as_ref().map_or(0, |s| s.meta.index);
-                if snapshot.meta.index > base {
-                    let drop = ((snapshot.meta.index - base) as usize).min(self.entries.len());
+                let base = self.snapshot.as_ref().map_or(0, |s| s.index);
+                if snapshot.index > base {
+                    let drop = ((snapshot.index - base) as usize).min(self.entries.len());
                     self.entries.drain(..drop);
                     self.snapshot = Some(snapshot.clone());
                 }
@@ -253,6 +259,13 @@ struct Replica {
 struct Node {
     up: bool,
     replicas: BTreeMap<GroupId, Replica>,
+}
+
+/// A leader's request for a snapshot image (`Ready::snapshot_wanted`), answered at `at`.
+struct ImageRead {
+    at: u64,
+    node: NodeId,
+    group: GroupId,
 }
 
 struct InFlight {
@@ -294,6 +307,8 @@ pub struct Simulation {
     /// First index at which each (group, proposal id) was applied by anyone.
     applied_ids: HashMap<(GroupId, u64), Index>,
     next_proposal: u64,
+    /// Snapshot requests not yet answered (at most one per replica: the core's bound, checked).
+    image_reads: Vec<ImageRead>,
     pub violations: Vec<Violation>,
     pub stats: SimStats,
 }
@@ -308,6 +323,10 @@ pub struct SimStats {
     pub proposals: u64,
     pub committed_entries: u64,
     pub snapshots_installed: u64,
+    /// Snapshot images provided to leaders, refused by them, and reads that failed.
+    pub images_taken: u64,
+    pub images_refused: u64,
+    pub image_reads_failed: u64,
     pub conf_changes: u64,
     pub transfers: u64,
 }
@@ -350,6 +369,7 @@ impl Simulation {
             proposals: BTreeMap::new(),
             applied_ids: HashMap::new(),
             next_proposal: 1,
+            image_reads: Vec::new(),
             violations: Vec::new(),
             stats: SimStats::default(),
         };
@@ -466,8 +486,65 @@ impl Simulation {
         self.tick_all();
         self.deliver_due();
         self.sync_some(self.options.sync_probability);
+        self.answer_image_reads();
         self.process_all();
         self.check_safety();
+    }
+
+    /// Answers the leaders' snapshot requests that are due, as a node's storage would, from an
+    /// image of the state machine: usually as applied now, sometimes as last synced (which may
+    /// be older than the leader's compaction point: stale), sometimes the read fails, and
+    /// sometimes the image misstates its term (a forgery the leader must refuse).
+    fn answer_image_reads(&mut self) {
+        let now = self.now;
+        let (due, later): (Vec<ImageRead>, Vec<ImageRead>) =
+            self.image_reads.drain(..).partition(|read| read.at <= now);
+        self.image_reads = later;
+        for read in due {
+            let choice = self.dice.below(10);
+            let replica = self
+                .nodes
+                .get_mut(&read.node)
+                .unwrap()
+                .replicas
+                .get_mut(&read.group)
+                .unwrap();
+            if choice == 0 {
+                replica.raft.snapshot_unavailable();
+                self.stats.image_reads_failed += 1;
+                continue;
+            }
+            let mut state_machine = if choice <= 2 {
+                replica.durable.state_machine
+            } else {
+                replica.state_machine
+            };
+            let forged = choice == 3;
+            let raft = &replica.raft;
+            let in_log = state_machine.applied >= raft.first_index().saturating_sub(1)
+                && state_machine.applied <= raft.last_index();
+            let conf_state = if in_log {
+                raft.conf_state_at(state_machine.applied)
+            } else {
+                raft.conf_state().clone()
+            };
+            if forged {
+                state_machine.applied_term += 1;
+            }
+            let image = Snapshot {
+                meta: SnapshotMeta {
+                    index: state_machine.applied,
+                    term: state_machine.applied_term,
+                    conf_state,
+                },
+                data: state_machine.encode(),
+            };
+            match replica.raft.provide_snapshot(image) {
+                Ok(()) => self.stats.images_taken += 1,
+                Err(RaftError::SnapshotRefused { .. }) => self.stats.images_refused += 1,
+                Err(error) => panic!("unexpected answer to an image: {error}"),
+            }
+        }
     }
 
     fn maybe_inject_faults(&mut self) {
@@ -575,6 +652,8 @@ impl Simulation {
             // Unsynced writes are lost.
             replica.unsynced.clear();
         }
+        // So are the image reads it had started.
+        self.image_reads.retain(|read| read.node != id);
     }
 
     pub fn restart(&mut self, id: NodeId) {
@@ -832,7 +911,7 @@ impl Simulation {
             let mut snapshot_installed = None;
             if let Some(snapshot) = &ready.snapshot {
                 replica.state_machine = StateMachine::decode(&snapshot.data);
-                snapshot_installed = Some(replica.state_machine);
+                snapshot_installed = Some((snapshot.meta.clone(), replica.state_machine));
             }
             let mut applied_ids = Vec::new();
             for entry in &ready.committed_entries {
@@ -849,7 +928,7 @@ impl Simulation {
             replica.unsynced.push_back(Write::Ready {
                 number: ready.number,
                 hard_state: ready.hard_state,
-                snapshot: ready.snapshot.clone(),
+                snapshot: ready.snapshot.as_ref().map(|s| s.meta.clone()),
                 entries: ready.entries.clone(),
                 messages: ready.persisted_messages,
             });
@@ -862,14 +941,29 @@ impl Simulation {
             let applied = replica.raft.applied();
             let first = replica.raft.first_index();
             if applied >= first && (applied - first + 1) as usize >= self.options.compact_after {
-                let data = replica.state_machine.encode();
                 debug_assert_eq!(replica.state_machine.applied, applied);
-                replica
+                let meta = replica
                     .raft
-                    .compact(applied, data)
+                    .compact(applied)
                     .expect("compaction of applied entries");
-                let snapshot = replica.raft.snapshot().expect("just compacted").clone();
-                replica.unsynced.push_back(Write::Compact(snapshot));
+                replica.unsynced.push_back(Write::Compact(meta));
+            }
+            if ready.snapshot_wanted {
+                // The image is read later, as a node reads it off its reactor.
+                let at = self.now + self.dice.pick(&[0, 0, 1, 3, 12]);
+                if self
+                    .image_reads
+                    .iter()
+                    .any(|read| read.node == id && read.group == group)
+                {
+                    let what = format!("node {id} group {group}: two image requests outstanding");
+                    self.violation(what);
+                }
+                self.image_reads.push(ImageRead {
+                    at,
+                    node: id,
+                    group,
+                });
             }
             if let Some(soft) = ready.soft_state {
                 if soft.role == Role::Leader {
@@ -879,9 +973,9 @@ impl Simulation {
             for message in ready.messages {
                 self.send(message, true);
             }
-            if let Some(state_machine) = snapshot_installed {
+            if let Some((meta, state_machine)) = snapshot_installed {
                 self.stats.snapshots_installed += 1;
-                self.check_snapshot_digest(id, group, state_machine);
+                self.check_snapshot_digest(id, group, &meta, state_machine);
             }
             for (proposal, index) in applied_ids {
                 self.applied_ids.entry((group, proposal)).or_insert(index);
@@ -915,7 +1009,29 @@ impl Simulation {
         }
     }
 
-    fn check_snapshot_digest(&mut self, id: NodeId, group: GroupId, state_machine: StateMachine) {
+    fn check_snapshot_digest(
+        &mut self,
+        id: NodeId,
+        group: GroupId,
+        meta: &SnapshotMeta,
+        state_machine: StateMachine,
+    ) {
+        // The image must stand where its meta says: the installing replica's log now starts
+        // there, so a wrong term would let it vote and campaign as if it held entries it lacks.
+        let committed_term = self
+            .committed
+            .get(&group)
+            .and_then(|record| record.get((meta.index - 1) as usize))
+            .map_or(0, |&(term, _, _)| term);
+        if state_machine.applied != meta.index
+            || (committed_term != 0 && committed_term != meta.term)
+        {
+            let what = format!(
+                "State Machine Safety: node {id} group {group} installed a snapshot claiming ({}, {}) holding state at {} (term {}); term {committed_term} was committed there",
+                meta.index, meta.term, state_machine.applied, state_machine.applied_term
+            );
+            self.violation(what);
+        }
         let digests = self.applied_digests.entry(group).or_default();
         let position = (state_machine.applied - 1) as usize;
         if position < digests.len()
@@ -1112,6 +1228,7 @@ impl Simulation {
             self.tick_all();
             self.deliver_due();
             self.sync_some(1.0);
+            self.answer_image_reads();
             self.process_all();
             self.check_safety();
             if !self.violations.is_empty() {
