@@ -55,6 +55,10 @@ struct Replica {
     prefetch: bool,
     /// Fetches performed (prefetch mode).
     fetches: usize,
+    /// Fetches taken from the machine (after a hint) and not yet read from `data`.
+    hinted: Vec<kahuna::kv::Fetch>,
+    /// Fetches read from `data` and not yet handed back to the machine.
+    answered: Vec<kahuna::kv::Fetched>,
 }
 
 impl Replica {
@@ -69,6 +73,8 @@ impl Replica {
             in_flight: Vec::new(),
             prefetch: false,
             fetches: 0,
+            hinted: Vec::new(),
+            answered: Vec::new(),
         }
     }
 
@@ -82,6 +88,9 @@ impl Replica {
     /// Loses all memory, keeps the store (whose writes are all flushed first).
     fn restart(&mut self) {
         self.flush();
+        // Answers to fetches of the old machine never reach the new one.
+        self.hinted.clear();
+        self.answered.clear();
         self.machine = if self.prefetch {
             KvMachine::prefetching(self.config.clone())
         } else {
@@ -100,6 +109,13 @@ impl Replica {
                 return;
             }
             let fetches = self.machine.take_fetches();
+            if fetches.is_empty() && (!self.hinted.is_empty() || !self.answered.is_empty()) {
+                // The entry waits for a fetch that a hint started: as on a node, it applies
+                // once that fill arrives (and asks again for what it still lacks).
+                self.read_hinted();
+                self.fill_hinted();
+                continue;
+            }
             assert!(!fetches.is_empty(), "a refused entry queues a fetch");
             if flush_between {
                 self.flush();
@@ -111,6 +127,28 @@ impl Replica {
             }
         }
         panic!("entry {} still cannot apply after its fetches", entry.index);
+    }
+
+    /// A leader proposed a command on `key`: the machine may start its read now.
+    fn hint(&mut self, group: GroupId, key: &Bytes) {
+        self.machine.prefetch_hint(group, key);
+        self.hinted.extend(self.machine.take_fetches());
+    }
+
+    /// Performs the hinted fetches against storage as it is now (answers held back).
+    fn read_hinted(&mut self) {
+        for fetch in std::mem::take(&mut self.hinted) {
+            let fetched = fetch_blocking(&ModelReader(self.data.clone()), fetch).unwrap();
+            self.fetches += 1;
+            self.answered.push(fetched);
+        }
+    }
+
+    /// Hands the read answers back to the machine.
+    fn fill_hinted(&mut self) {
+        for fetched in std::mem::take(&mut self.answered) {
+            self.machine.fill(fetched);
+        }
     }
 
     /// Applies one entry without writing its ops.
@@ -531,6 +569,11 @@ fn applying_an_entry_twice_panics() {
 enum Step {
     Command(GroupId, Command),
     Restart,
+    /// The prefetching replica is told a command on this key is coming (a leader's proposal):
+    /// it may queue an early read, performed and filled at later steps.
+    Hint(GroupId, &'static str),
+    ReadHinted,
+    FillHinted,
 }
 
 fn step() -> impl Strategy<Value = Step> {
@@ -551,6 +594,10 @@ fn step() -> impl Strategy<Value = Step> {
             Step::Command(group, command)
         }),
         1 => Just(Step::Restart),
+        4 => (1u64..3, prop::sample::select(vec!["a", "b", "c", "d"]))
+            .prop_map(|(group, name)| Step::Hint(group, name)),
+        2 => Just(Step::ReadHinted),
+        2 => Just(Step::FillHinted),
     ]
 }
 
@@ -578,6 +625,9 @@ proptest! {
                     bumpy.restart();
                     fetching.restart();
                 }
+                Step::Hint(group, name) => fetching.hint(group, &key(name)),
+                Step::ReadHinted => fetching.read_hinted(),
+                Step::FillHinted => fetching.fill_hinted(),
                 Step::Command(group, command) => {
                     let data = command.encode().unwrap();
                     steady_log.push(steady.apply_entry(group, EntryKind::Normal, data.clone()));

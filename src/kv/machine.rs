@@ -173,6 +173,42 @@ impl KvMachine {
         fetches
     }
 
+    /// Prefetch mode: an entry that will need `key` is on its way (this replica, the leader,
+    /// just proposed it), so the read can run while the entry replicates instead of after it
+    /// commits. Queues `key` into the group's next fetch when nothing holds it already; does
+    /// nothing while a fetch is out, a snapshot is not visible, or the group has no state yet
+    /// (the apply asks then, as without a hint).
+    ///
+    /// Why the early read stays correct (see the `fetch` module): the key is in neither the
+    /// cache nor `prefetched`, so its last write is visible in storage; until the fill, an entry
+    /// touching the key cannot apply (it needs the key and a fetch is out: it is held), so
+    /// storage still shows the current value when read; and the fill skips a key the cache
+    /// holds by then.
+    pub fn prefetch_hint(&mut self, group: GroupId, key: &Bytes) {
+        if self.reader.is_some() {
+            return;
+        }
+        let Some(state) = self.groups.get(&group) else {
+            return;
+        };
+        if state.fetching
+            || state.snapshot_pending.is_some()
+            || state.cache.get(key).is_some()
+            || state.prefetched.contains_key(key)
+        {
+            return;
+        }
+        let epoch = state.epoch;
+        let fetch = self.queued.entry(group).or_insert_with(|| Fetch {
+            group,
+            epoch,
+            ..Fetch::default()
+        });
+        if fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.contains(key) {
+            fetch.keys.push(key.clone());
+        }
+    }
+
     /// The answer to a fetch. Returns the group, whose held entries may now apply (the caller
     /// marks it for the next collect). A fill for a state replaced since is dropped: its entries
     /// ask again.

@@ -372,7 +372,7 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
                 Ok(data) => data,
                 Err(error) => return Response::error(id, ErrorCode::Malformed, error.to_string()),
             };
-            match core.propose_and_wait(group, data).await {
+            match core.propose_and_wait(group, data, &key).await {
                 Ok(WriteResult::Applied(outcome)) => response_for(id, outcome),
                 Ok(WriteResult::Lost) => Response::error(
                     id,

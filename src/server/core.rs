@@ -27,6 +27,7 @@ use crate::transport::PeerTransport;
 /// How long a client waits for its write to apply before the node answers Timeout.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
+
 /// The result a waiting client gets for its proposal.
 #[derive(Debug, Clone)]
 pub enum WriteResult {
@@ -98,10 +99,13 @@ impl CoreState {
     }
 
     /// Proposes `data` to `group` and waits until it applies (or is lost, or times out).
+    /// `key` is the user key the command decides on: its stored revision is read while the
+    /// entry replicates, so the apply does not wait for storage after the commit.
     pub async fn propose_and_wait(
         &self,
         group: GroupId,
         data: Bytes,
+        key: &Bytes,
     ) -> Result<WriteResult, ProposeFailure> {
         let (index, term) = {
             let mut shard = self.shard.borrow_mut();
@@ -109,9 +113,11 @@ impl CoreState {
             if raft.role() != Role::Leader {
                 return Err(ProposeFailure::NotLeader(raft.leader()));
             }
-            shard
+            let proposed = shard
                 .propose(group, data)
-                .map_err(|e| ProposeFailure::Refused(e.to_string()))?
+                .map_err(|e| ProposeFailure::Refused(e.to_string()))?;
+            shard.state_machine_mut().prefetch_hint(group, key);
+            proposed
         };
         crate::metrics::stages::proposed(self.core, group, index);
         let (sender, receiver) = local_channel::new_bounded(1);

@@ -497,7 +497,13 @@ impl<S: StateMachine> Shard<S> {
                 if ready.snapshot_wanted {
                     batch.snapshots_wanted.push(group);
                 }
-                write.hard_state = ready.hard_state;
+                // A hard state whose only change is the commit index is not written: the
+                // commit index is volatile in Raft (a restarted replica relearns it from the
+                // leader, and restores at least its applied index, which is written with the
+                // applies). Writing it cost a storage write per group per commit, most of them
+                // batches with nothing else in them. Term and vote changes come with
+                // `must_sync` and are written (with the commit index of the moment).
+                write.hard_state = ready.hard_state.filter(|_| ready.must_sync);
                 write.must_sync = ready.must_sync;
                 if let Some(snapshot) = &ready.snapshot {
                     let index = snapshot.meta.index;
