@@ -647,6 +647,51 @@ fn snapshot_reader_moves_to_another_thread(kind: Kind) {
     assert_eq!(pairs, 2000);
 }
 
+/// Releasing write buffers (an idle core flushing RocksDB's memtables) changes nothing a read
+/// or a restart sees, before or after later writes, and may be repeated.
+fn releasing_write_buffers_changes_nothing_visible(kind: Kind) {
+    let mut h = Harness::new(kind);
+    h.write(vec![
+        append(1, entries(1..=6, 1)),
+        hard(1, 1, 4),
+        apply(1, 4, vec![put("a", "1"), put("b", "2")]),
+        append(2, entries(1..=2, 3)),
+    ])
+    .unwrap();
+    h.backend().release_write_buffers().unwrap();
+    let one = h.load(1).unwrap();
+    assert_eq!(one.entries, entries(1..=6, 1));
+    assert_eq!(one.applied_index, 4);
+    assert_eq!(get(&mut h, 1, "a").as_deref(), Some("1"));
+    // Writes after a release land on top of the released ones, overwriting and deleting.
+    h.write(vec![
+        append(1, entries(5..=8, 2)),
+        apply(
+            1,
+            5,
+            vec![
+                put("a", "3"),
+                KvOp::Delete {
+                    key: Bytes::from("b"),
+                },
+            ],
+        ),
+    ])
+    .unwrap();
+    h.backend().release_write_buffers().unwrap();
+    h.backend().release_write_buffers().unwrap();
+    h.restart();
+    let one = h.load(1).unwrap();
+    let mut expected = entries(1..=4, 1);
+    expected.extend(entries(5..=8, 2));
+    assert_eq!(one.entries, expected);
+    assert_eq!(one.applied_index, 5);
+    assert_eq!(get(&mut h, 1, "a").as_deref(), Some("3"));
+    assert_eq!(get(&mut h, 1, "b"), None);
+    assert_eq!(h.load(2).unwrap().entries, entries(1..=2, 3));
+    assert_eq!(h.backend().groups().unwrap(), vec![1, 2]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -671,6 +716,7 @@ conformance!(
     detects_damage,
     destroys_groups,
     snapshot_reader_moves_to_another_thread,
+    releasing_write_buffers_changes_nothing_visible,
 );
 
 #[test]

@@ -9,7 +9,7 @@
 use bytes::{Buf, Bytes, BytesMut};
 use thiserror::Error;
 
-use super::limits::FRAME_HEADER_BYTES;
+use super::limits::{DECODER_RETAINED_BYTES_MAX, FRAME_HEADER_BYTES};
 
 /// What can go wrong with framing. Comparable, so tests can match exact errors.
 #[derive(Clone, Copy, Debug, Error, PartialEq, Eq)]
@@ -208,6 +208,42 @@ impl FrameDecoder {
             self.buffer.reserve(frame_bytes - self.buffer.len());
             return Ok(None);
         }
-        Ok(Some(self.buffer.split_to(frame_bytes).freeze()))
+        let frame = self.buffer.split_to(frame_bytes).freeze();
+        if frame_bytes > DECODER_RETAINED_BYTES_MAX && self.buffer.is_empty() {
+            // The frame shares the large allocation; without this the decoder would keep (and
+            // reuse) it once the frame is dropped.
+            self.buffer = BytesMut::new();
+        }
+        Ok(Some(frame))
+    }
+}
+
+#[cfg(test)]
+mod retention {
+    use super::*;
+
+    fn frame(body_bytes: usize) -> Vec<u8> {
+        let mut frame = (body_bytes as u32).to_le_bytes().to_vec();
+        frame.resize(FRAME_HEADER_BYTES + body_bytes, 7);
+        frame
+    }
+
+    #[test]
+    fn a_large_frame_does_not_pin_the_decoder_buffer() {
+        let mut decoder = FrameDecoder::new(8 << 20);
+        decoder.feed(&frame(4 << 20));
+        let large = decoder.next_frame().unwrap().expect("a whole frame");
+        assert_eq!(large.len(), FRAME_HEADER_BYTES + (4 << 20));
+        // The rest of the buffer no longer lives in the frame's allocation (which `split_to`
+        // would leave it sharing, and reclaiming once the frame is dropped).
+        let frame_end = large.as_ptr().wrapping_add(large.len());
+        assert_ne!(decoder.buffer.as_ptr(), frame_end);
+        assert!(decoder.buffer.capacity() <= DECODER_RETAINED_BYTES_MAX);
+        // Small frames keep reusing the buffer, and decoding goes on as before.
+        decoder.feed(&frame(100));
+        decoder.feed(&frame(200));
+        assert_eq!(decoder.next_frame().unwrap().unwrap().len(), FRAME_HEADER_BYTES + 100);
+        assert_eq!(decoder.next_frame().unwrap().unwrap().len(), FRAME_HEADER_BYTES + 200);
+        assert_eq!(decoder.next_frame().unwrap(), None);
     }
 }

@@ -56,6 +56,15 @@ pub const VERIFIER_APPARENT_SIZE_FACTOR_MAX: usize = 4;
 /// buffer instead, so one large snapshot chunk does not pin its memory for the connection's life.
 pub const ENCODER_RETAINED_BYTES_MAX: usize = 1 << 20;
 
+/// A frame decoder keeps its buffer between frames; after a frame larger than this it lets the
+/// buffer go with the frame, so a burst (thousands of groups electing at once send frames of
+/// megabytes) does not pin its memory for the connection's life.
+pub const DECODER_RETAINED_BYTES_MAX: usize = 256 << 10;
+
+/// Scratch lists (an encoder's offsets, a peer queue) keep up to this many slots between uses;
+/// beyond it they are dropped once empty, for the same reason.
+pub const SCRATCH_RETAINED_SLOTS_MAX: usize = 1024;
+
 const _: () =
     assert!(PEER_FRAME_BYTES_MAX <= u32::MAX as usize / VERIFIER_APPARENT_SIZE_FACTOR_MAX);
 const _: () = assert!(CLIENT_FRAME_BYTES_MAX <= PEER_FRAME_BYTES_MAX);

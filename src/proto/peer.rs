@@ -382,9 +382,10 @@ impl PeerEncoder {
         } else {
             self.builder.reset();
         }
-        self.message_offsets.clear();
-        self.heartbeats.clear();
-        self.heartbeat_responses.clear();
+        clear_bounded(&mut self.entry_offsets);
+        clear_bounded(&mut self.message_offsets);
+        clear_bounded(&mut self.heartbeats);
+        clear_bounded(&mut self.heartbeat_responses);
     }
 
     fn push_message(&mut self, message: &Message) {
@@ -909,6 +910,16 @@ fn decode_install_snapshot(
 
 /// Frames no [`PeerEncoder`] would build, crafted with the generated builders, to prove the
 /// decoder refuses each with its typed error.
+/// Empties a scratch list, dropping its allocation if a burst grew it past
+/// [`SCRATCH_RETAINED_SLOTS_MAX`].
+fn clear_bounded<T>(list: &mut Vec<T>) {
+    if list.capacity() > crate::proto::limits::SCRATCH_RETAINED_SLOTS_MAX {
+        *list = Vec::new();
+    } else {
+        list.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -57,6 +57,9 @@ pub struct CoreState {
     /// When the oldest peer frame with messages not yet taken by a collect arrived (for the
     /// follower-acknowledgement metric).
     received_at: Cell<Option<Instant>>,
+    /// When the writer last wrote a batch, if storage may hold write buffers since the last
+    /// release (see `release_idle_buffers`).
+    written_since_release: Cell<Option<Instant>>,
     reads: RefCell<HashMap<u64, ReadWaiter>>,
     next_read: RefCell<u64>,
     doorbell: LocalSender<()>,
@@ -79,6 +82,7 @@ impl CoreState {
             transport,
             waiters: RefCell::new(HashMap::new()),
             received_at: Cell::new(None),
+            written_since_release: Cell::new(None),
             reads: RefCell::new(HashMap::new()),
             next_read: RefCell::new(1),
             doorbell,
@@ -185,7 +189,6 @@ pub enum ProposeFailure {
 /// follower's sync overlaps the leader's; writes themselves stay one at a time, in order.
 const PIPELINE_DEPTH: usize = 2;
 
-
 /// The core's main loop. Never returns while the node runs.
 pub async fn run_loop(
     state: Rc<CoreState>,
@@ -195,6 +198,8 @@ pub async fn run_loop(
 ) {
     let mut next_tick = Instant::now() + tick;
     let mut next_compaction = Instant::now() + COMPACTION_INTERVAL;
+    // A write-buffer release is running (at most one).
+    let releasing = Rc::new(Cell::new(false));
     // Invariant: `in_flight` counts the batches sent into `pipe` and not yet fully released
     // by the writer; it never exceeds PIPELINE_DEPTH, the channel's capacity.
     let in_flight = Rc::new(Cell::new(0usize));
@@ -246,6 +251,7 @@ pub async fn run_loop(
         if Instant::now() >= next_compaction {
             next_compaction = Instant::now() + COMPACTION_INTERVAL;
             compact_long_logs(&state, compact_after);
+            release_idle_buffers(&state, &releasing);
         }
         if worked {
             continue;
@@ -276,6 +282,7 @@ async fn write_batches(
         if !batch.write.is_empty() {
             let writing = Instant::now();
             let written = state.storage.write(batch.write).await;
+            state.written_since_release.set(Some(Instant::now()));
             crate::metrics::core(state.core).storage_written(writing.elapsed());
             if let Err(error) = written {
                 // A failed write leaves the log in an unknown state: stop serving rather than
@@ -354,6 +361,51 @@ fn start_fetches(state: &Rc<CoreState>) {
         }
     })
     .detach();
+}
+
+/// A core whose storage saw no write for this long releases its write buffers.
+const RELEASE_BUFFERS_AFTER_IDLE: Duration = Duration::from_secs(5);
+
+/// Releases the storage engine's write buffers (RocksDB memtables) once the core has written
+/// nothing for `RELEASE_BUFFERS_AFTER_IDLE`: an idle node then holds no memtable memory (after
+/// thousands of groups bootstrap, that is a large part of their per-group memory), and a
+/// restart has less log to replay. Runs on the blocking pool; a failure is logged and retried
+/// after the next write.
+fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
+    let Some(written) = state.written_since_release.get() else {
+        return;
+    };
+    if releasing.get() || written.elapsed() < RELEASE_BUFFERS_AFTER_IDLE {
+        return;
+    }
+    releasing.set(true);
+    state.written_since_release.set(None);
+    let (state, releasing) = (state.clone(), releasing.clone());
+    glommio::spawn_local(async move {
+        if let Err(error) = state.storage.release_write_buffers().await {
+            eprintln!(
+                "kahuna: core {}: releasing storage write buffers failed: {error}",
+                state.core
+            );
+        }
+        // The allocator keeps freed memory (the memtables just released, the buffers of the
+        // burst that made this core busy) resident unless asked to give it back.
+        glommio::executor()
+            .spawn_blocking(return_free_memory)
+            .await;
+        releasing.set(false);
+    })
+    .detach();
+}
+
+/// Returns the allocator's free pages to the operating system (glibc keeps them otherwise:
+/// after a burst, an idle node would stay at its peak resident size).
+fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes its locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// How often a core looks for logs to compact.

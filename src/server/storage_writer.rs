@@ -57,6 +57,14 @@ impl StorageWriter {
             .await
     }
 
+    /// [`crate::storage::Backend::release_write_buffers`], off the reactor.
+    pub async fn release_write_buffers(&self) -> Result<()> {
+        let backend = self.backend.clone();
+        glommio::executor()
+            .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.release_write_buffers())
+            .await
+    }
+
     pub async fn get(&self, group: GroupId, key: Bytes) -> Result<Option<Bytes>> {
         let backend = self.backend.clone();
         glommio::executor()

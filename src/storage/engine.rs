@@ -99,6 +99,11 @@ pub trait RawEngine: Send {
     /// An owned consistent view of `[start, end)`.
     fn view(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Box<dyn RawRangeView>>;
 
+    /// See [`super::Backend::release_write_buffers`].
+    fn release_write_buffers(&mut self) -> Result<()> {
+        Ok(())
+    }
+
     /// Replaces one stored value without any checksum handling, synced. For tests and repair
     /// tools that need to damage or patch a record; never used by the write path.
     fn raw_put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {

@@ -582,4 +582,8 @@ impl<E: RawEngine> Backend for Store<E> {
         self.cache.clear();
         Ok(())
     }
+
+    fn release_write_buffers(&mut self) -> Result<()> {
+        self.engine.release_write_buffers()
+    }
 }

@@ -98,7 +98,14 @@ impl PeerQueue {
     /// Takes everything queued. A heartbeat is only reported when no message goes out:
     /// any frame proves the node alive, so a separate empty frame would be waste.
     pub(crate) fn drain(&mut self) -> Drained {
-        let messages: Vec<Message> = self.messages.drain(..).collect();
+        let messages: Vec<Message> =
+            if self.messages.capacity() > crate::proto::limits::SCRATCH_RETAINED_SLOTS_MAX {
+                // A burst grew the queue: hand its allocation over with the messages rather
+                // than keep it for the connection's life.
+                std::mem::take(&mut self.messages).into()
+            } else {
+                self.messages.drain(..).collect()
+            };
         self.bytes = 0;
         let heartbeat = std::mem::take(&mut self.heartbeat_pending) && messages.is_empty();
         Drained {
@@ -121,6 +128,16 @@ mod tests {
             term: 1,
             body: MessageBody::VoteResponse { reject: false },
         }
+    }
+
+    #[test]
+    fn a_burst_does_not_pin_the_queue_allocation() {
+        let mut queue = PeerQueue::new(100_000, usize::MAX);
+        queue.push((0..10_000).map(message).collect());
+        assert_eq!(queue.drain().messages.len(), 10_000);
+        assert!(queue.messages.capacity() <= crate::proto::limits::SCRATCH_RETAINED_SLOTS_MAX);
+        queue.push((0..10).map(message).collect());
+        assert_eq!(groups(&queue.drain()), (0..10).collect::<Vec<_>>());
     }
 
     fn groups(drained: &Drained) -> Vec<u64> {
