@@ -657,6 +657,35 @@ proptest! {
     }
 }
 
+/// Values read ahead for proposals that never apply (a leader that lost its leadership) do not
+/// accumulate: beyond a bound they are dropped, and a later apply of such a key still reads
+/// the right value.
+#[test]
+fn unused_read_ahead_values_are_bounded() {
+    let mut replica = Replica::prefetching(KvMachineConfig::default());
+    // The group needs state before hints count: one applied command.
+    replica.outcome(1, &put("k0", "v"));
+    let names: Vec<String> = (0..2000).map(|i| format!("lost-{i}")).collect();
+    for chunk in names.chunks(100) {
+        // Proposals arrive together; their reads go out as one fetch.
+        for name in chunk {
+            replica.machine.prefetch_hint(1, &key(name));
+        }
+        replica.hinted.extend(replica.machine.take_fetches());
+        replica.read_hinted();
+        replica.fill_hinted();
+    }
+    assert!(replica.machine.prefetched_keys(1) > 1000, "hints were read");
+    replica.flush();
+    replica.machine.persisted(1, 1);
+    assert_eq!(replica.machine.prefetched_keys(1), 0);
+    // Nothing was lost by dropping them: the key is fetched again when an entry needs it.
+    assert_eq!(
+        replica.outcome(1, &put("lost-7", "x")),
+        Outcome::Applied { revision: 2 }
+    );
+}
+
 #[test]
 fn prefetch_mode_reads_nothing_during_apply_and_fetches_what_it_needs() {
     let mut replica = Replica::prefetching(KvMachineConfig {

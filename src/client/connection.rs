@@ -25,6 +25,8 @@ use crate::proto::client::{decode_response, ClientEncoder, Op, Request, Response
 use crate::proto::frame::FrameDecoder;
 use crate::proto::limits::{CLIENT_FRAME_BYTES_MAX, REQUESTS_IN_FLIGHT_MAX};
 
+/// Outbox buffer capacity kept once drained.
+const OUTBOX_RETAINED_BYTES_MAX: usize = 1 << 20;
 /// Bytes the reader asks the socket for at once.
 const READ_CHUNK_BYTES: usize = 64 << 10;
 
@@ -334,10 +336,12 @@ impl Connection {
             pending.waiting.insert(request.request_id, answer);
         }
         // Registered before it is sent: the answer may come back before `send_frame` returns.
-        let encoded = ENCODER.with(|encoder| match encoder.borrow_mut().encode_request(&request) {
-            Ok(frame) => Ok(shared.send_frame(frame)),
-            Err(error) => Err(error.to_string()),
-        });
+        let encoded = ENCODER.with(
+            |encoder| match encoder.borrow_mut().encode_request(&request) {
+                Ok(frame) => Ok(shared.send_frame(frame)),
+                Err(error) => Err(error.to_string()),
+            },
+        );
         match encoded {
             Ok(Ok(())) => {}
             // The connection closed (its reason is in `pending`): answered as Closed below.
@@ -486,5 +490,10 @@ fn write_queued(shared: &Shared, mut socket: TcpStream) {
             return;
         }
         batch.clear();
+        // A stalled peer can grow the outbox to a window of large frames: do not keep that
+        // (the two buffers trade places, so both stay bounded).
+        if batch.capacity() > OUTBOX_RETAINED_BYTES_MAX {
+            batch = Vec::new();
+        }
     }
 }

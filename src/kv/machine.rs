@@ -24,6 +24,9 @@ pub const SESSIONS_MAX_DEFAULT: usize = 1024;
 pub const CACHE_KEYS_MAX_DEFAULT: usize = 4096;
 /// Keys one group's fetch asks for at most (the held entries beyond them ask again).
 const FETCH_KEYS_MAX: usize = 256;
+/// Values read ahead and not yet used, per group, beyond which they are dropped (see
+/// `KvMachine::persisted`).
+const PREFETCHED_KEYS_MAX: usize = 2 * FETCH_KEYS_MAX;
 
 /// Limits of a [`KvMachine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +261,13 @@ impl KvMachine {
             return;
         };
         state.visible_index = state.visible_index.max(index.min(state.last_index));
+        // Values read ahead for proposals that never applied (a lost leadership) would stay
+        // forever: bound them. Dropping them is always safe (nothing else holds the key, so
+        // storage is current for it and an apply that needs it asks again), but not while a
+        // fetch is out, whose held entries are about to use them.
+        if !state.fetching && state.prefetched.len() > PREFETCHED_KEYS_MAX {
+            state.prefetched.clear();
+        }
         if state
             .snapshot_pending
             .is_some_and(|snapshot| snapshot <= index)
@@ -301,6 +311,13 @@ impl KvMachine {
             self.groups.remove(&group);
         }
         clean
+    }
+
+    /// Values read ahead and not yet used by an apply (for tests and metrics).
+    pub fn prefetched_keys(&self, group: GroupId) -> usize {
+        self.groups
+            .get(&group)
+            .map_or(0, |state| state.prefetched.len())
     }
 
     /// Keys the group's cache holds (for tests and metrics).
@@ -430,15 +447,21 @@ impl Apply<'_> {
         if let Some(session) = command.session {
             let sessions = self.sessions();
             if let Some(record) = sessions.get(session.client_id) {
-                if session.sequence == record.sequence {
-                    completion.outcome = record.outcome;
+                let outcome = if session.sequence == record.sequence {
                     completion.replayed = true;
-                    return completion;
-                }
-                if session.sequence < record.sequence {
-                    completion.outcome = Outcome::SequenceStale {
+                    Some(record.outcome)
+                } else if session.sequence < record.sequence {
+                    Some(Outcome::SequenceStale {
                         last_sequence: record.sequence,
-                    };
+                    })
+                } else {
+                    None
+                };
+                if let Some(outcome) = outcome {
+                    // A replayed or stale command reads nothing: drop what a hint may have
+                    // read ahead for it (always safe: a later apply asks again).
+                    self.state.prefetched.remove(command.op.key());
+                    completion.outcome = outcome;
                     return completion;
                 }
             }

@@ -209,10 +209,13 @@ impl FrameDecoder {
             return Ok(None);
         }
         let frame = self.buffer.split_to(frame_bytes).freeze();
-        if frame_bytes > DECODER_RETAINED_BYTES_MAX && self.buffer.is_empty() {
+        if frame_bytes > DECODER_RETAINED_BYTES_MAX
+            && self.buffer.len() <= DECODER_RETAINED_BYTES_MAX
+        {
             // The frame shares the large allocation; without this the decoder would keep (and
-            // reuse) it once the frame is dropped.
-            self.buffer = BytesMut::new();
+            // reuse) it once the frame is dropped. What follows the frame (pipelined bytes) is
+            // small: copy it out.
+            self.buffer = BytesMut::from(&self.buffer[..]);
         }
         Ok(Some(frame))
     }
@@ -242,8 +245,14 @@ mod retention {
         // Small frames keep reusing the buffer, and decoding goes on as before.
         decoder.feed(&frame(100));
         decoder.feed(&frame(200));
-        assert_eq!(decoder.next_frame().unwrap().unwrap().len(), FRAME_HEADER_BYTES + 100);
-        assert_eq!(decoder.next_frame().unwrap().unwrap().len(), FRAME_HEADER_BYTES + 200);
+        assert_eq!(
+            decoder.next_frame().unwrap().unwrap().len(),
+            FRAME_HEADER_BYTES + 100
+        );
+        assert_eq!(
+            decoder.next_frame().unwrap().unwrap().len(),
+            FRAME_HEADER_BYTES + 200
+        );
         assert_eq!(decoder.next_frame().unwrap(), None);
     }
 }

@@ -908,10 +908,8 @@ fn decode_install_snapshot(
     })
 }
 
-/// Frames no [`PeerEncoder`] would build, crafted with the generated builders, to prove the
-/// decoder refuses each with its typed error.
 /// Empties a scratch list, dropping its allocation if a burst grew it past
-/// [`SCRATCH_RETAINED_SLOTS_MAX`].
+/// [`crate::proto::limits::SCRATCH_RETAINED_SLOTS_MAX`].
 fn clear_bounded<T>(list: &mut Vec<T>) {
     if list.capacity() > crate::proto::limits::SCRATCH_RETAINED_SLOTS_MAX {
         *list = Vec::new();
@@ -920,6 +918,8 @@ fn clear_bounded<T>(list: &mut Vec<T>) {
     }
 }
 
+/// Frames no [`PeerEncoder`] would build, crafted with the generated builders, to prove the
+/// decoder refuses each with its typed error.
 #[cfg(test)]
 mod tests {
     use super::*;

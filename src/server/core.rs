@@ -11,7 +11,7 @@
 //! Per-core state is `Rc<RefCell<..>>`; no borrow is ever held across an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,6 @@ use crate::transport::PeerTransport;
 
 /// How long a client waits for its write to apply before the node answers Timeout.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
 
 /// The result a waiting client gets for its proposal.
 #[derive(Debug, Clone)]
@@ -60,6 +59,10 @@ pub struct CoreState {
     /// When the writer last wrote a batch, if storage may hold write buffers since the last
     /// release (see `release_idle_buffers`).
     written_since_release: Cell<Option<Instant>>,
+    /// Groups whose leader wants an image read, in request order (see `start_snapshot_reads`).
+    images_wanted: RefCell<VecDeque<GroupId>>,
+    /// The core's image reader task is running; it drains `images_wanted`.
+    image_reader_running: Cell<bool>,
     reads: RefCell<HashMap<u64, ReadWaiter>>,
     next_read: RefCell<u64>,
     doorbell: LocalSender<()>,
@@ -83,6 +86,8 @@ impl CoreState {
             waiters: RefCell::new(HashMap::new()),
             received_at: Cell::new(None),
             written_since_release: Cell::new(None),
+            images_wanted: RefCell::new(VecDeque::new()),
+            image_reader_running: Cell::new(false),
             reads: RefCell::new(HashMap::new()),
             next_read: RefCell::new(1),
             doorbell,
@@ -390,9 +395,7 @@ fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
         }
         // The allocator keeps freed memory (the memtables just released, the buffers of the
         // burst that made this core busy) resident unless asked to give it back.
-        glommio::executor()
-            .spawn_blocking(return_free_memory)
-            .await;
+        glommio::executor().spawn_blocking(return_free_memory).await;
         releasing.set(false);
     })
     .detach();
@@ -400,12 +403,18 @@ fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
 
 /// Returns the allocator's free pages to the operating system (glibc keeps them otherwise:
 /// after a burst, an idle node would stay at its peak resident size).
+/// One core at a time: the trim walks (and locks) every arena of the process.
 fn return_free_memory() {
+    static TRIMMING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TRIMMING.swap(true, std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks the allocator's own free lists; it takes its locks.
     unsafe {
         libc::malloc_trim(0);
     }
+    TRIMMING.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// How often a core looks for logs to compact.
@@ -424,8 +433,13 @@ fn compact_long_logs(state: &CoreState, compact_after: usize) {
         .filter_map(|group| {
             let raft = shard.raft(group)?;
             let written = shard.written_applied(group)?;
-            (raft.log_len() > compact_after && written >= raft.first_index())
-                .then_some((group, written))
+            // Not while an image is being read for a follower: the image is taken at the
+            // storage's applied index when the read runs, and compacting past it meanwhile
+            // would get it refused as stale; under steady writes and slow reads, every time.
+            (raft.log_len() > compact_after
+                && written >= raft.first_index()
+                && !raft.snapshot_requested())
+            .then_some((group, written))
         })
         .take(COMPACTIONS_PER_PASS_MAX)
         .collect();
@@ -439,18 +453,27 @@ fn compact_long_logs(state: &CoreState, compact_after: usize) {
     }
 }
 
-/// Reads the images the groups' leaders asked for (`ShardBatch::snapshots_wanted`) on the
-/// blocking pool, one after the other, and hands each to its group. Each group has at most one
-/// request outstanding, so the reads (and the images held until a leader pins them) are bounded
-/// by the groups of the core with a follower behind their log start. A failed read is not fatal:
-/// the leader asks again after a heartbeat round.
+/// Queues the images the groups' leaders asked for (`ShardBatch::snapshots_wanted`) for the
+/// core's one image reader, which reads them on the blocking pool one after the other and
+/// hands each to its group. One reader per core: an image read can take seconds, and the pool
+/// also runs the batch writes, which must not wait behind several of them. Each group has at
+/// most one request outstanding, so the queue (and the images held until a leader pins them)
+/// is bounded by the groups of the core. A failed read is not fatal: the leader asks again
+/// after a heartbeat round.
 fn start_snapshot_reads(state: &Rc<CoreState>, groups: Vec<GroupId>) {
     if groups.is_empty() {
         return;
     }
+    state.images_wanted.borrow_mut().extend(groups);
+    if state.image_reader_running.replace(true) {
+        return;
+    }
     let state = state.clone();
     glommio::spawn_local(async move {
-        for group in groups {
+        loop {
+            let Some(group) = state.images_wanted.borrow_mut().pop_front() else {
+                break;
+            };
             let image = state.storage.snapshot(group).await;
             let mut shard = state.shard.borrow_mut();
             let (mut meta, data) = match image {
@@ -483,8 +506,10 @@ fn start_snapshot_reads(state: &Rc<CoreState>, groups: Vec<GroupId>) {
                     state.core
                 ),
             }
+            drop(shard);
+            state.ring();
         }
-        state.ring();
+        state.image_reader_running.set(false);
     })
     .detach();
 }

@@ -61,7 +61,12 @@ impl StorageWriter {
     pub async fn release_write_buffers(&self) -> Result<()> {
         let backend = self.backend.clone();
         glommio::executor()
-            .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.release_write_buffers())
+            .spawn_blocking(move || {
+                backend
+                    .lock()
+                    .map_err(|_| poisoned())?
+                    .release_write_buffers()
+            })
             .await
     }
 

@@ -29,6 +29,9 @@ use super::error::{Result, StorageError};
 use super::keys::Space;
 use super::store::Store;
 
+/// A memtable smaller than this is not flushed by `release_write_buffers`.
+const RELEASE_MEMTABLE_BYTES_MIN: u64 = 256 << 10;
+
 /// How many bytes of pairs a snapshot view's producer thread hands over at a time.
 const VIEW_BATCH_BYTES_MAX: usize = 256 * 1024;
 
@@ -138,12 +141,20 @@ impl RawEngine for RocksEngine {
         Ok(self.db.get_cf(self.family(space)?, key)?)
     }
 
-    /// Flushes every column family's memtable to an L0 file and waits for it: the memtable's
-    /// arena (tens of bytes per record, and most of an idle node's per-group memory after
-    /// thousands of groups bootstrapped) is freed.
+    /// Flushes each column family's memtable that holds at least `RELEASE_MEMTABLE_BYTES_MIN`
+    /// to an L0 file and waits for it: the memtable's arena (tens of bytes per record, and a
+    /// large part of an idle node's per-group memory after thousands of groups bootstrapped) is
+    /// freed. Smaller memtables stay: flushing them would only make tiny files.
     fn release_write_buffers(&mut self) -> Result<()> {
         for space in Space::ALL {
-            self.db.flush_cf(self.family(space)?)?;
+            let family = self.family(space)?;
+            let active = self
+                .db
+                .property_int_value_cf(family, "rocksdb.cur-size-active-mem-table")?
+                .unwrap_or(u64::MAX);
+            if active >= RELEASE_MEMTABLE_BYTES_MIN {
+                self.db.flush_cf(family)?;
+            }
         }
         Ok(())
     }
