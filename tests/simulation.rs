@@ -14,6 +14,12 @@ use sim::{SimOptions, Simulation};
 /// Seeds run by plain `cargo test`: fixed, so CI is repeatable.
 const FIXED_SEEDS: std::ops::Range<u64> = 1..25;
 
+/// Seeds that once failed, replayed on every `cargo test` with the fixed ones.
+/// 807847849173799338: pre-vote and check-quorum off, a removed node that never learnt of its
+/// removal kept deposing leaders through the liveness phase (fixed in the harness: removed
+/// servers are shut down there, as operators do).
+const REGRESSION_SEEDS: [u64; 1] = [807_847_849_173_799_338];
+
 fn run_seed(seed: u64) -> Result<String, String> {
     let options = SimOptions::from_seed(seed);
     let description = options.to_string();
@@ -51,7 +57,7 @@ fn main() {
             .map(|k| base.wrapping_add(k.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 1)
             .collect()
     } else {
-        FIXED_SEEDS.collect()
+        FIXED_SEEDS.chain(REGRESSION_SEEDS).collect()
     };
     let verbose = std::env::var("KAHUNA_SIM_VERBOSE").is_ok() || seeds.len() == 1;
     let next = AtomicUsize::new(0);

@@ -1190,9 +1190,41 @@ impl Simulation {
         self.cuts.clear();
         self.options.loss = 0.0;
         self.options.duplication = 0.0;
+        let removed = if self.options.pre_vote || self.options.check_quorum {
+            Vec::new()
+        } else {
+            self.removed_nodes()
+        };
         for id in self.node_ids() {
-            self.restart(id);
+            if removed.contains(&id) {
+                // Without pre-vote and check-quorum, Raft itself cannot stop a server that was
+                // removed and never learnt it from campaigning with ever higher terms and
+                // deposing every leader (thesis 4.2.3); operators shut removed servers down,
+                // and so does the liveness phase. (With either option on, they stay up: the
+                // option must keep them harmless, and the check says whether it does.)
+                self.crash(id);
+            } else {
+                self.restart(id);
+            }
         }
+    }
+
+    /// Nodes that are a member of no group's latest configuration, as the replica with the
+    /// highest commit index of each group knows it.
+    fn removed_nodes(&self) -> Vec<NodeId> {
+        let latest: Vec<ConfState> = (1..=self.options.groups as u64)
+            .filter_map(|group| {
+                self.nodes
+                    .values()
+                    .map(|node| &node.replicas[&group].raft)
+                    .max_by_key(|raft| raft.committed())
+                    .map(|raft| raft.conf_state().clone())
+            })
+            .collect();
+        self.node_ids()
+            .into_iter()
+            .filter(|&id| latest.iter().all(|conf| !conf.members().any(|m| m == id)))
+            .collect()
     }
 
     fn missing_proposals(&self) -> Vec<(u64, GroupId)> {
