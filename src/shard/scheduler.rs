@@ -439,13 +439,7 @@ impl<S: StateMachine> Shard<S> {
     /// Answers `group`'s image request (`ShardBatch::snapshots_wanted`) with an image read
     /// from storage. See [`Raft::provide_snapshot`] for when it is refused.
     pub fn provide_snapshot(&mut self, group: GroupId, image: Snapshot) -> Result<(), ShardError> {
-        let slot = self
-            .groups
-            .get_mut(&group)
-            .ok_or(ShardError::UnknownGroup(group))?;
-        Self::wake(&mut self.awake, group, slot);
-        self.dirty.insert(group);
-        Ok(slot.raft.provide_snapshot(image)?)
+        Ok(self.with_group(group, |raft| raft.provide_snapshot(image))??)
     }
 
     /// `group`'s image could not be read: its leader asks again after a heartbeat round.
