@@ -135,6 +135,19 @@ impl Replica {
         self.hinted.extend(self.machine.take_fetches());
     }
 
+    /// A follower appended an entry holding `command` (at an index past everything applied;
+    /// the hint does not depend on it): the machine may start its read now.
+    fn appended(&mut self, group: GroupId, command: &Command) {
+        let entry = Entry {
+            index: self.last_index.get(&group).copied().unwrap_or(0) + 100,
+            term: 1,
+            kind: EntryKind::Normal,
+            data: command.encode().unwrap(),
+        };
+        self.machine.entries_appended(group, &[entry]);
+        self.hinted.extend(self.machine.take_fetches());
+    }
+
     /// Performs the hinted fetches against storage as it is now (answers held back).
     fn read_hinted(&mut self) {
         for fetch in std::mem::take(&mut self.hinted) {
@@ -572,6 +585,9 @@ enum Step {
     /// The prefetching replica is told a command on this key is coming (a leader's proposal):
     /// it may queue an early read, performed and filled at later steps.
     Hint(GroupId, &'static str),
+    /// As `Hint`, the way a follower learns it: an entry holding this command was appended to
+    /// its log (it may apply later, or never: a later leader may replace it).
+    Appended(GroupId, Command),
     ReadHinted,
     FillHinted,
 }
@@ -596,6 +612,8 @@ fn step() -> impl Strategy<Value = Step> {
         1 => Just(Step::Restart),
         4 => (1u64..3, prop::sample::select(vec!["a", "b", "c", "d"]))
             .prop_map(|(group, name)| Step::Hint(group, name)),
+        3 => (1u64..3, prop::sample::select(vec!["a", "b", "c", "d"]), "[a-z]{0,2}")
+            .prop_map(|(group, name, value)| Step::Appended(group, put(name, &value))),
         2 => Just(Step::ReadHinted),
         2 => Just(Step::FillHinted),
     ]
@@ -626,6 +644,7 @@ proptest! {
                     fetching.restart();
                 }
                 Step::Hint(group, name) => fetching.hint(group, &key(name)),
+                Step::Appended(group, command) => fetching.appended(group, &command),
                 Step::ReadHinted => fetching.read_hinted(),
                 Step::FillHinted => fetching.fill_hinted(),
                 Step::Command(group, command) => {
@@ -727,6 +746,42 @@ fn prefetch_mode_reads_nothing_during_apply_and_fetches_what_it_needs() {
         Outcome::Applied { revision: 2 },
         "decided against the fetched revision"
     );
+}
+
+/// A follower starts the read an entry's apply needs when the entry is appended, so that the
+/// apply, when the commit arrives one round trip later, waits for nothing.
+#[test]
+fn a_follower_reads_ahead_for_appended_entries() {
+    let mut replica = Replica::prefetching(KvMachineConfig::default());
+    let mut writer = Replica::new(KvMachineConfig::default());
+    writer.outcome(1, &put("a", "1"));
+    writer.outcome(1, &put("b", "1"));
+    replica.data = writer.data.clone();
+    replica.last_index.insert(1, 2);
+    replica.restart();
+    // The group has state once it applied a command (hints before that are ignored).
+    replica.outcome(1, &put("a", "2"));
+    let command = put("b", "2");
+    replica.appended(1, &command);
+    assert_eq!(replica.hinted.len(), 1, "the append queued a read");
+    assert_eq!(replica.hinted[0].keys, vec![key("b")]);
+    replica.read_hinted();
+    replica.fill_hinted();
+    let fetches_before = replica.fetches;
+    let entry = Entry {
+        index: 4,
+        term: 1,
+        kind: EntryKind::Normal,
+        data: command.encode().unwrap(),
+    };
+    assert!(replica.machine.can_apply(1, &entry), "nothing left to read");
+    assert_eq!(
+        replica.outcome(1, &command),
+        Outcome::Applied { revision: 4 },
+        "create revision kept from the value read ahead"
+    );
+    assert_eq!(replica.fetches, fetches_before);
+    assert_eq!(replica.stored(1, b"b").unwrap().meta, meta(4, 2));
 }
 
 #[test]

@@ -548,6 +548,60 @@ fn read_index_waits_for_a_quorum_and_a_current_term_commit() {
     cluster.heal();
 }
 
+/// With `commit_notice_ticks`, a commit advance rides on the next append instead of costing
+/// every follower an empty append; when no append comes, it goes out alone after that many
+/// ticks, so followers never stay behind for long and the leader only then counts as quiescent.
+#[test]
+fn a_commit_advance_waits_for_the_next_append_then_for_its_notice_ticks() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        // Heartbeats (which also carry the commit index) out of the way of this test.
+        config.heartbeat_ticks = 9;
+        config.election_ticks = 20;
+        config.commit_notice_ticks = 2;
+    });
+    cluster.elect(1);
+    // The no-op's commit reaches the followers once its notice is due.
+    cluster.tick_all(2);
+    assert_eq!(cluster.nodes[&2].committed(), cluster.nodes[&1].committed());
+    let (a, _) = cluster.node(1).propose(data("a")).unwrap();
+    cluster.settle();
+    assert_eq!(
+        cluster.nodes[&1].committed(),
+        a,
+        "the leader commits at once"
+    );
+    for id in [2, 3] {
+        assert!(
+            cluster.nodes[&id].committed() < a,
+            "node {id}: no notice yet"
+        );
+        assert!(cluster.applied_data(id).is_empty());
+    }
+    assert!(!cluster.nodes[&1].is_quiescent(), "a notice is owed");
+    // The next append carries the advance.
+    let (b, _) = cluster.node(1).propose(data("b")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.nodes[&1].committed(), b);
+    for id in [2, 3] {
+        assert_eq!(cluster.nodes[&id].committed(), a, "node {id}");
+        assert_eq!(cluster.applied_data(id), vec![data("a")], "node {id}");
+    }
+    // One tick is not enough; the second sends the advance alone.
+    cluster.tick_all(1);
+    assert_eq!(cluster.nodes[&2].committed(), a);
+    cluster.tick_all(1);
+    for id in [2, 3] {
+        assert_eq!(cluster.nodes[&id].committed(), b, "node {id}");
+        assert_eq!(
+            cluster.applied_data(id),
+            vec![data("a"), data("b")],
+            "node {id}"
+        );
+    }
+    assert!(cluster.nodes[&1].is_quiescent());
+}
+
 #[test]
 fn membership_changes_one_voter_at_a_time_with_a_learner_first() {
     let mut cluster = Cluster::new(3, |config| config.append_bytes_max = 1 << 20);

@@ -122,6 +122,9 @@ struct Sim {
     image_dice: Dice,
     images_taken: u64,
     images_refused: u64,
+    /// `Config::commit_notice_ticks` of every replica (from its own generator, so the other
+    /// choices of a seed are what they were before it existed).
+    commit_notice_ticks: u32,
 }
 
 fn raft_config() -> Config {
@@ -177,6 +180,7 @@ impl Sim {
             image_dice: Dice::new(seed ^ 0x1_4a9e),
             images_taken: 0,
             images_refused: 0,
+            commit_notice_ticks: Dice::new(seed ^ 0xc0_771).pick(&[0, 1, 2, 9]),
         };
         for &id in &ids {
             let node = sim.start_node(id, MemoryBackend::in_memory());
@@ -187,12 +191,13 @@ impl Sim {
 
     fn describe(&self) -> String {
         format!(
-            "seed={} nodes={} groups={} loss={} grant={}",
+            "seed={} nodes={} groups={} loss={} grant={} commit_notice={}",
             self.seed,
             self.nodes.len(),
             self.groups,
             self.loss,
-            self.grant_chance
+            self.grant_chance,
+            self.commit_notice_ticks
         )
     }
 
@@ -200,6 +205,7 @@ impl Sim {
         let peers: Vec<NodeId> = (1..=self.node_count).filter(|&p| p != id).collect();
         let mut raft = raft_config();
         raft.seed = self.seed ^ self.now;
+        raft.commit_notice_ticks = self.commit_notice_ticks;
         let machine = DigestMachine::new(self.seed ^ self.now ^ id.wrapping_mul(0x51));
         let mut shard = Shard::new(ShardConfig::new(id, peers, raft), machine);
         for (&group, conf) in &self.conf {

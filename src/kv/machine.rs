@@ -337,6 +337,25 @@ impl StateMachine for KvMachine {
         self.reset_group(group, index);
     }
 
+    /// Prefetch mode: hints the key of every command just appended ([`KvMachine::prefetch_hint`]
+    /// says why an early read stays correct, whichever replica makes it and whether or not the
+    /// entry is later replaced). On a follower this is what takes the revision read off the
+    /// apply: the entry's commit arrives with the next append, one round trip later, by when
+    /// the read is done. (A leader hints its keys when it proposes.)
+    fn entries_appended(&mut self, group: GroupId, entries: &[Entry]) {
+        if self.reader.is_some() {
+            return;
+        }
+        for entry in entries {
+            if entry.kind != EntryKind::Normal || entry.data.is_empty() {
+                continue;
+            }
+            if let Ok(command) = Command::decode(&entry.data) {
+                self.prefetch_hint(group, command.op.key());
+            }
+        }
+    }
+
     /// Prefetch mode: true when every read `entry` needs is in memory; otherwise queues what
     /// it needs (into the group's one fetch, unless one is out or a snapshot is not visible
     /// yet: the fill or `persisted` lets the shard ask again).

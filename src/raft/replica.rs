@@ -100,8 +100,12 @@ pub struct Raft {
     transfer_target: NodeId,
     /// New entries await sending (sent at `ready` so many proposals share one append).
     broadcast_pending: bool,
-    /// Commit index last carried to followers by a broadcast.
+    /// Commit index last carried to followers by a broadcast. Below the commit index, the
+    /// advance is owed to some follower in the Replicate state (see `commit_notice_due`).
     commit_broadcast: Index,
+    /// Ticks the owed commit advance has waited for an append to carry it; 0 when none is
+    /// owed.
+    commit_notice_waited: u32,
     read_seq: u64,
     read_heartbeat_pending: bool,
     /// ReadIndex requests awaiting a quorum of heartbeat acknowledgements, oldest first.
@@ -196,6 +200,7 @@ impl Raft {
             transfer_target: NO_NODE,
             broadcast_pending: false,
             commit_broadcast: 0,
+            commit_notice_waited: 0,
             read_seq: 0,
             read_heartbeat_pending: false,
             pending_reads: VecDeque::new(),
@@ -390,6 +395,7 @@ impl Raft {
         }
         self.transfer_target = NO_NODE;
         self.broadcast_pending = false;
+        self.commit_notice_waited = 0;
         self.read_heartbeat_pending = false;
         self.dropped_reads
             .extend(self.pending_reads.drain(..).map(|r| r.context));
@@ -562,6 +568,9 @@ impl Raft {
     fn tick_leader(&mut self) {
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
+        if self.log.committed() > self.commit_broadcast {
+            self.commit_notice_waited = self.commit_notice_waited.saturating_add(1);
+        }
         if self.election_elapsed >= self.config.election_ticks {
             self.election_elapsed = 0;
             if self.config.check_quorum {
@@ -1247,22 +1256,42 @@ impl Raft {
     }
 
     /// Sends new entries (and any commit advance) to every follower: one append per follower
-    /// per Ready, however many proposals arrived since the last one.
+    /// per Ready, however many proposals arrived since the last one. A follower with nothing
+    /// new to receive gets a commit advance alone (an empty append) only once the advance has
+    /// waited `commit_notice_ticks` for an append to carry it.
     fn broadcast_append(&mut self) {
         let committed = self.log.committed();
-        let commit_advanced = committed > self.commit_broadcast;
+        let notice_due = self.commit_notice_due();
+        let mut owed = false;
         let targets: Vec<NodeId> = self.progress.keys().copied().collect();
         for to in targets {
             let mut sent = false;
             while self.send_append(to, false) {
                 sent = true;
             }
-            if !sent && commit_advanced && self.progress[&to].state == ProgressState::Replicate {
-                self.send_append(to, true);
+            if !sent
+                && committed > self.commit_broadcast
+                && self.progress[&to].state == ProgressState::Replicate
+            {
+                if notice_due {
+                    self.send_append(to, true);
+                } else {
+                    owed = true;
+                }
             }
         }
         self.broadcast_pending = false;
-        self.commit_broadcast = committed;
+        if !owed {
+            self.commit_broadcast = committed;
+            self.commit_notice_waited = 0;
+        }
+    }
+
+    /// Whether a commit advance not yet carried to every follower is to be sent now, alone if
+    /// no append carries it.
+    fn commit_notice_due(&self) -> bool {
+        self.log.committed() > self.commit_broadcast
+            && self.commit_notice_waited >= self.config.commit_notice_ticks
     }
 
     fn maybe_commit(&mut self) -> bool {
@@ -1596,9 +1625,7 @@ impl Raft {
 
     pub fn has_ready(&self) -> bool {
         let leader_work = self.role == Role::Leader
-            && (self.broadcast_pending
-                || self.read_heartbeat_pending
-                || self.log.committed() > self.commit_broadcast);
+            && (self.broadcast_pending || self.read_heartbeat_pending || self.commit_notice_due());
         leader_work
             || !self.messages.is_empty()
             || !self.persisted_messages.is_empty()
@@ -1615,7 +1642,7 @@ impl Raft {
     /// Collects everything to persist, send and apply. See [`Ready`] for the contract.
     pub fn ready(&mut self) -> Ready {
         if self.role == Role::Leader {
-            if self.broadcast_pending || self.log.committed() > self.commit_broadcast {
+            if self.broadcast_pending || self.commit_notice_due() {
                 self.broadcast_append();
             }
             if self.read_heartbeat_pending {

@@ -38,6 +38,12 @@ pub trait StateMachine {
 
     fn apply(&mut self, group: GroupId, entry: &Entry, ops: &mut Vec<KvOp>);
 
+    /// `entries` were just appended to the group's log on this replica, a follower, in this
+    /// batch; they may commit and be applied later, or be
+    /// replaced. A hint only: a machine that reads before applying may start those reads now,
+    /// so that they overlap replication instead of following the commit.
+    fn entries_appended(&mut self, _group: GroupId, _entries: &[Entry]) {}
+
     /// The group's data was replaced by a snapshot at `index` (written in the same batch):
     /// forget anything cached about it.
     fn restored(&mut self, _group: GroupId, _index: Index) {}
@@ -513,6 +519,10 @@ impl<S: StateMachine> Shard<S> {
                     batch.restored.push((group, index));
                 }
                 write.snapshot = ready.snapshot.map(SnapshotInstall::from);
+                // A leader's entries are its own proposals, hinted when proposed.
+                if !ready.entries.is_empty() && !slot.raft.is_leader() {
+                    self.state_machine.entries_appended(group, &ready.entries);
+                }
                 write.entries = ready.entries;
                 if !ready.committed_entries.is_empty() {
                     slot.held.extend(ready.committed_entries);

@@ -58,6 +58,9 @@ pub struct SimOptions {
     pub snapshot_chunk_bytes: usize,
     pub pre_vote: bool,
     pub check_quorum: bool,
+    /// `Config::commit_notice_ticks`: 0 is textbook Raft; above, followers learn commit
+    /// advances late unless an append carries them.
+    pub commit_notice_ticks: u32,
     pub safety_fault: Option<SafetyFault>,
 }
 
@@ -86,6 +89,8 @@ impl SimOptions {
             snapshot_chunk_bytes: dice.pick(&[7, 1024]),
             pre_vote: !dice.chance(0.2),
             check_quorum: !dice.chance(0.2),
+            // Drawn last, so the draws above are what they were for every earlier seed.
+            commit_notice_ticks: dice.pick(&[0, 0, 1, 3, 9]),
             safety_fault: None,
         }
     }
@@ -97,7 +102,7 @@ impl fmt::Display for SimOptions {
             f,
             "seed={} nodes={} groups={} steps={} loss={} dup={} reorder={} delay_max={} crash={} partition={} \
              propose={} transfer={} conf={} sync={} compact_after={} append_bytes_max={} chunk={} \
-             pre_vote={} check_quorum={} fault={:?}",
+             pre_vote={} check_quorum={} commit_notice={} fault={:?}",
             self.seed,
             self.nodes,
             self.groups,
@@ -117,6 +122,7 @@ impl fmt::Display for SimOptions {
             self.snapshot_chunk_bytes,
             self.pre_vote,
             self.check_quorum,
+            self.commit_notice_ticks,
             self.safety_fault
         )
     }
@@ -395,6 +401,7 @@ impl Simulation {
             heartbeat_ticks: 2,
             pre_vote: self.options.pre_vote,
             check_quorum: self.options.check_quorum,
+            commit_notice_ticks: self.options.commit_notice_ticks,
             inflight_max: 8,
             append_bytes_max: self.options.append_bytes_max,
             snapshot_chunk_bytes: self.options.snapshot_chunk_bytes,
