@@ -1,6 +1,10 @@
 //! The seam between the harness and the system under test. A [`Driver`] opens one
-//! [`Session`] per benchmark client; a session executes one operation at a time, blocking its
-//! client thread until the answer. Drivers decide how sessions share connections.
+//! [`Session`] per benchmark client; a session executes one operation at a time, as a future
+//! the runner awaits (every client is a task of one executor thread, see
+//! [`super::executor`]). Drivers decide how sessions share connections.
+
+use std::future::Future;
+use std::pin::Pin;
 
 use super::workload::BenchOp;
 
@@ -36,8 +40,12 @@ impl OpError {
 #[error("{0}")]
 pub struct DriverError(pub String);
 
+/// One operation in flight: completes with its outcome. Polled on the runner's executor
+/// thread; woken from any thread.
+pub type OpFuture<'a> = Pin<Box<dyn Future<Output = Result<OpOutcome, OpError>> + 'a>>;
+
 pub trait Session: Send {
-    fn execute(&mut self, op: &BenchOp) -> Result<OpOutcome, OpError>;
+    fn execute(&mut self, op: BenchOp) -> OpFuture<'_>;
 }
 
 pub trait Driver: Send + Sync {

@@ -1,18 +1,19 @@
 //! The etcd driver (cargo feature `etcd`): etcd's v3 gRPC API through the etcd-client crate,
 //! on a small tokio runtime owned by the driver. `--connections C` opens C gRPC channels
 //! (each one HTTP/2 connection, multiplexing its clients' requests); client `i` uses channel
-//! `i % C`. Each benchmark client blocks its own thread on its request, exactly as the kahuna
-//! driver does, so both systems are driven by the same client threads and workload.
+//! `i % C`. Each request runs as a task of that runtime, which the benchmark client (a task of
+//! the runner's executor, as for kahuna) awaits: both systems are driven by the same client
+//! tasks and workload.
 
 use std::sync::Arc;
 
 use etcd_client::{Client, Compare, CompareOp, Txn, TxnOp, TxnOpResponse};
 
-use super::driver::{Driver, DriverError, OpError, OpOutcome, Session};
+use super::driver::{Driver, DriverError, OpError, OpFuture, OpOutcome, Session};
 use super::workload::BenchOp;
 
-/// Runtime worker threads: the client machine has 2 cores; the benchmark clients' threads do
-/// the waiting, the workers only move bytes.
+/// Runtime worker threads: the client machine has 2 cores; the workers move the bytes, the
+/// runner's executor thread does the waiting.
 const RUNTIME_WORKERS: usize = 2;
 
 pub struct EtcdDriver {
@@ -72,59 +73,64 @@ fn error_of(error: etcd_client::Error) -> OpError {
 }
 
 impl Session for EtcdSession {
-    fn execute(&mut self, op: &BenchOp) -> Result<OpOutcome, OpError> {
-        let client = &mut self.client;
-        self.runtime.block_on(async {
-            match op {
-                BenchOp::Put { key, value } => {
-                    let response = client
-                        .put(key.to_vec(), value.to_vec(), None)
-                        .await
-                        .map_err(error_of)?;
-                    let revision = response.header().map_or(0, |h| h.revision() as u64);
-                    Ok(OpOutcome::Done { revision })
-                }
-                BenchOp::Get { key } => {
-                    let response = client.get(key.to_vec(), None).await.map_err(error_of)?;
-                    match response.kvs().first() {
-                        Some(kv) => Ok(OpOutcome::Done {
-                            revision: kv.mod_revision() as u64,
-                        }),
-                        None => Ok(OpOutcome::NotFound),
-                    }
-                }
-                BenchOp::Cas {
-                    key,
-                    expected_revision,
-                    value,
-                } => {
-                    // mod_revision 0 compares equal for an absent key, as kahuna's 0 does.
-                    let txn = Txn::new()
-                        .when([Compare::mod_revision(
-                            key.to_vec(),
-                            CompareOp::Equal,
-                            *expected_revision as i64,
-                        )])
-                        .and_then([TxnOp::put(key.to_vec(), value.to_vec(), None)])
-                        .or_else([TxnOp::get(key.to_vec(), None)]);
-                    let response = client.txn(txn).await.map_err(error_of)?;
-                    if response.succeeded() {
-                        let revision = response.header().map_or(0, |h| h.revision() as u64);
-                        return Ok(OpOutcome::Done { revision });
-                    }
-                    let current_revision = response
-                        .op_responses()
-                        .into_iter()
-                        .find_map(|r| match r {
-                            TxnOpResponse::Get(get) => {
-                                get.kvs().first().map(|kv| kv.mod_revision() as u64)
-                            }
-                            _ => None,
-                        })
-                        .unwrap_or(0);
-                    Ok(OpOutcome::Conflict { current_revision })
-                }
-            }
+    fn execute(&mut self, op: BenchOp) -> OpFuture<'_> {
+        let client = self.client.clone();
+        let request = self.runtime.spawn(execute(client, op));
+        Box::pin(async move {
+            request
+                .await
+                .unwrap_or_else(|error| Err(OpError::new("etcd", error.to_string())))
         })
+    }
+}
+
+async fn execute(mut client: Client, op: BenchOp) -> Result<OpOutcome, OpError> {
+    match op {
+        BenchOp::Put { key, value } => {
+            let response = client
+                .put(key.to_vec(), value.to_vec(), None)
+                .await
+                .map_err(error_of)?;
+            let revision = response.header().map_or(0, |h| h.revision() as u64);
+            Ok(OpOutcome::Done { revision })
+        }
+        BenchOp::Get { key } => {
+            let response = client.get(key.to_vec(), None).await.map_err(error_of)?;
+            match response.kvs().first() {
+                Some(kv) => Ok(OpOutcome::Done {
+                    revision: kv.mod_revision() as u64,
+                }),
+                None => Ok(OpOutcome::NotFound),
+            }
+        }
+        BenchOp::Cas {
+            key,
+            expected_revision,
+            value,
+        } => {
+            // mod_revision 0 compares equal for an absent key, as kahuna's 0 does.
+            let txn = Txn::new()
+                .when([Compare::mod_revision(
+                    key.to_vec(),
+                    CompareOp::Equal,
+                    expected_revision as i64,
+                )])
+                .and_then([TxnOp::put(key.to_vec(), value.to_vec(), None)])
+                .or_else([TxnOp::get(key.to_vec(), None)]);
+            let response = client.txn(txn).await.map_err(error_of)?;
+            if response.succeeded() {
+                let revision = response.header().map_or(0, |h| h.revision() as u64);
+                return Ok(OpOutcome::Done { revision });
+            }
+            let current_revision = response
+                .op_responses()
+                .into_iter()
+                .find_map(|r| match r {
+                    TxnOpResponse::Get(get) => get.kvs().first().map(|kv| kv.mod_revision() as u64),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            Ok(OpOutcome::Conflict { current_revision })
+        }
     }
 }

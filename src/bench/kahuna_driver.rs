@@ -1,10 +1,10 @@
 //! The kahuna driver: one routing [`Client`] (the pipelined client) with `--connections`
-//! connections per node, shared by every benchmark client: each client thread blocks on its
-//! own request while the connections carry all clients' requests pipelined.
+//! connections per node, shared by every benchmark client: each client awaits its own request
+//! while the connections carry all clients' requests pipelined.
 
 use std::time::Duration;
 
-use super::driver::{Driver, DriverError, OpError, OpOutcome, Session};
+use super::driver::{Driver, DriverError, OpError, OpFuture, OpOutcome, Session};
 use super::workload::BenchOp;
 use crate::client::{Client, ClientConfig, ClientError};
 use crate::proto::client::{ErrorCode, Op, Reply, Response};
@@ -50,8 +50,8 @@ struct KahunaSession {
 }
 
 impl Session for KahunaSession {
-    fn execute(&mut self, op: &BenchOp) -> Result<OpOutcome, OpError> {
-        let op = match op.clone() {
+    fn execute(&mut self, op: BenchOp) -> OpFuture<'_> {
+        let op = match op {
             BenchOp::Put { key, value } => Op::Put { key, value },
             BenchOp::Get { key } => Op::Get {
                 key,
@@ -67,10 +67,12 @@ impl Session for KahunaSession {
                 value,
             },
         };
-        match futures_lite::future::block_on(self.client.execute(op)) {
-            Ok(response) => outcome_of(response),
-            Err(error) => Err(error_of(&error)),
-        }
+        Box::pin(async move {
+            match self.client.execute(op).await {
+                Ok(response) => outcome_of(response),
+                Err(error) => Err(error_of(&error)),
+            }
+        })
     }
 }
 

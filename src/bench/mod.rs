@@ -7,6 +7,7 @@ pub mod args;
 pub mod driver;
 #[cfg(feature = "etcd")]
 pub mod etcd_driver;
+pub mod executor;
 pub mod harness;
 pub mod kahuna_driver;
 pub mod report;

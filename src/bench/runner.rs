@@ -1,5 +1,6 @@
-//! Runs the clients: one OS thread per benchmark client, each executing its workload through
-//! its driver session, closed loop (next operation when the last answered) or open loop at a
+//! Runs the clients: one task per benchmark client, all on one executor thread (see
+//! [`super::executor`] for why not a thread each), each executing its workload through its
+//! driver session, closed loop (next operation when the last answered) or open loop at a
 //! fixed rate. Open-loop latencies are measured from each operation's INTENDED start, so a
 //! stalled server is charged for the operations that queued behind the stall (no coordinated
 //! omission). A reporter prints one progress line per second.
@@ -9,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::driver::{OpOutcome, Session};
+use super::executor::{run_to_completion, sleep_until, Task};
 use super::report::{progress_line, Totals};
 use super::workload::Workload;
 
@@ -54,7 +56,7 @@ pub struct RunPlan {
 }
 
 /// What one client counted, shared with the reporter (locked once per operation by its
-/// client and once per second by the reporter: uncontended).
+/// client and once per second by the reporter: barely contended).
 #[derive(Default)]
 struct ClientStats {
     /// Since the reporter's last look (warmup included), for the progress line.
@@ -96,7 +98,7 @@ fn record(
     }
 }
 
-/// One client thread's share of the run.
+/// One client's share of the run.
 struct ClientRun {
     session: Box<dyn Session>,
     workload: Workload,
@@ -111,7 +113,7 @@ struct ClientRun {
 }
 
 impl ClientRun {
-    fn run(mut self) {
+    async fn run(mut self) {
         let mut k = 0u64;
         loop {
             let intended = match self.pacer {
@@ -122,19 +124,17 @@ impl ClientRun {
             if intended >= self.end || self.stop.load(Ordering::Relaxed) {
                 return;
             }
-            let now = Instant::now();
-            if intended > now {
-                std::thread::sleep(intended - now);
+            if intended > Instant::now() {
+                sleep_until(intended).await;
             }
             let op = self.workload.next_op();
-            let result = self.session.execute(&op);
+            let key = op.key().clone();
+            let result = self.session.execute(op).await;
             let completed = Instant::now();
             match &result {
-                Ok(OpOutcome::Done { revision }) => {
-                    self.workload.observe_revision(op.key(), *revision)
-                }
+                Ok(OpOutcome::Done { revision }) => self.workload.observe_revision(&key, *revision),
                 Ok(OpOutcome::Conflict { current_revision }) => {
-                    self.workload.observe_revision(op.key(), *current_revision)
+                    self.workload.observe_revision(&key, *current_revision)
                 }
                 _ => {}
             }
@@ -156,7 +156,7 @@ pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunRe
     let end = start + plan.warmup + plan.duration;
     let stop = Arc::new(AtomicBool::new(false));
     let mut stats = Vec::with_capacity(plan.clients);
-    let mut threads = Vec::with_capacity(plan.clients);
+    let mut runs = Vec::with_capacity(plan.clients);
     for (client, (session, workload)) in sessions.into_iter().enumerate() {
         let client_stats = Arc::new(Mutex::new(ClientStats::default()));
         stats.push(client_stats.clone());
@@ -171,13 +171,19 @@ pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunRe
             stats: client_stats,
             stop: stop.clone(),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("bench-client-{client}"))
-            .stack_size(256 << 10)
-            .spawn(move || run.run())
-            .expect("spawn a benchmark client thread");
-        threads.push(thread);
+        runs.push(run);
     }
+    // The sessions are Send; the tasks (and the futures they await) stay on this one thread.
+    let clients = std::thread::Builder::new()
+        .name("bench-clients".into())
+        .spawn(move || {
+            let tasks: Vec<Task> = runs
+                .into_iter()
+                .map(|run| Box::pin(run.run()) as Task)
+                .collect();
+            run_to_completion(tasks);
+        })
+        .expect("spawn the benchmark clients' thread");
     let mut last = start;
     while Instant::now() < end {
         let next = (last + Duration::from_secs(1)).min(end);
@@ -199,8 +205,8 @@ pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunRe
         last = now;
     }
     stop.store(true, Ordering::Relaxed);
-    for thread in threads {
-        let _ = thread.join();
+    if clients.join().is_err() {
+        eprintln!("kahuna bench: the clients' thread panicked; the totals cover what it counted");
     }
     let mut totals = Totals::default();
     for client_stats in &stats {

@@ -10,6 +10,8 @@ mod json;
 mod args;
 #[path = "../../../src/bench/driver.rs"]
 mod driver;
+#[path = "../../../src/bench/executor.rs"]
+mod executor;
 #[path = "../../../src/bench/etcd_driver.rs"]
 mod etcd_driver;
 #[path = "../../../src/bench/harness.rs"]
