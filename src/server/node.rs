@@ -82,7 +82,8 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
             )))
         })?;
     }
-    let data_dir = DataDir::open(&config.data_dir, config.cores, config.storage)?;
+    let data_dir = DataDir::open(&config.data_dir, config.cores, config.storage)?
+        .with_wal_preallocation(config.wal_preallocate_mb << 20);
     // Mesh positions follow executor creation order: the executors are created in core order
     // below, one after the other. `mesh` outlives every executor (the builder's shared parts
     // are reference counted without atomics; only the executors' own drops race, and those

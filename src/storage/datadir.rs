@@ -124,6 +124,9 @@ pub struct DataDir {
     path: PathBuf,
     cores: usize,
     engine: Engine,
+    /// RocksDB: the WAL a core's database starts with when it is created (see
+    /// [`crate::storage::rocks::RocksEngine::open_preallocated`]); 0 for none.
+    wal_preallocate_bytes: usize,
 }
 
 fn io(context: String) -> impl FnOnce(std::io::Error) -> StorageError {
@@ -164,6 +167,7 @@ impl DataDir {
             path: path.clone(),
             cores,
             engine,
+            wal_preallocate_bytes: 0,
         };
         let Some(bytes) = existing else {
             data_dir.create()?;
@@ -254,6 +258,12 @@ impl DataDir {
         self.cores
     }
 
+    /// Cores whose RocksDB database is created from now on start with a WAL of `bytes`.
+    pub fn with_wal_preallocation(mut self, bytes: usize) -> DataDir {
+        self.wal_preallocate_bytes = bytes;
+        self
+    }
+
     /// The engine every core uses.
     pub fn engine(&self) -> Engine {
         self.engine
@@ -274,7 +284,10 @@ impl DataDir {
         }
         let core_dir = self.core_dir(core);
         Ok(match self.engine {
-            Engine::RocksDb => Box::new(RocksDbBackend::open_rocksdb(&core_dir.join("rocksdb"))?),
+            Engine::RocksDb => Box::new(RocksDbBackend::open_rocksdb_preallocated(
+                &core_dir.join("rocksdb"),
+                self.wal_preallocate_bytes,
+            )?),
             Engine::Sqlite => {
                 Box::new(SqliteBackend::open_sqlite(&core_dir.join("kahuna.sqlite"))?)
             }

@@ -9,6 +9,8 @@
 //! | kv    | group (8 B BE) + user key    | checksummed value           |
 //!
 //! Group id `u64::MAX` is reserved: its prefix is the exclusive upper bound of every key space.
+//! (The RocksDB engine's WAL filler, written and deleted when a database is created, lives
+//! there, outside every range a group reads.)
 
 use crate::raft::{GroupId, Index};
 

@@ -5,6 +5,9 @@
 //! - `recycle_log_file_num = 4`: WAL files are reused instead of created and grown, so the
 //!   fdatasync of a synced batch does not also pay for file-size metadata (on this machine kind
 //!   0.14 ms for a preallocated file versus 3.4 ms for a growing one).
+//!   A recycled file is only as large as its last use left it, so a new database starts with
+//!   one: `open_preallocated` writes (and deletes) filler until the WAL is that large, then
+//!   switches to a new WAL, which reuses it (see `preallocate_wal`).
 //! - `manual_wal_flush = false`: every write reaches the WAL file at once; a synced write is one
 //!   write plus one fdatasync (`use_fsync = false`).
 //! - `wal_recovery_mode = PointInTime`: after a crash the WAL is replayed up to the last intact
@@ -28,6 +31,15 @@ use super::engine::{RawBatch, RawEngine, RawOp, RawRangeView};
 use super::error::{Result, StorageError};
 use super::keys::Space;
 use super::store::Store;
+
+/// The key of the filler `preallocate_wal` writes: in the state space, under the reserved
+/// group's prefix, so no group's range ever holds it.
+const WAL_FILLER_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffwal-filler";
+/// Bytes per filler write.
+const WAL_FILLER_CHUNK: usize = 1 << 20;
+/// WAL switches `preallocate_wal` tries before giving up: the filled file joins the recycle
+/// list when RocksDB purges it after a flush, which may run on a background thread.
+const WAL_PREALLOCATE_ATTEMPTS: usize = 20;
 
 /// A memtable smaller than this is not flushed by `release_write_buffers`.
 const RELEASE_MEMTABLE_BYTES_MIN: u64 = 256 << 10;
@@ -68,10 +80,26 @@ fn options() -> Options {
 impl RocksEngine {
     /// Opens (creating if needed) the database in directory `path`.
     pub fn open(path: &Path) -> Result<RocksEngine> {
+        Self::open_preallocated(path, 0)
+    }
+
+    /// As [`RocksEngine::open`]; a database created by this call starts writing into a WAL file
+    /// of `wal_bytes` (0: none), so that its first synced writes do not grow the file (each
+    /// growth makes fdatasync write the inode too: 0.11 ms per sync here instead of 0.07).
+    pub fn open_preallocated(path: &Path, wal_bytes: usize) -> Result<RocksEngine> {
+        let created = !path.join("CURRENT").exists();
         let options = options();
         let families =
             Space::ALL.map(|space| ColumnFamilyDescriptor::new(space.name(), options.clone()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
+        // A crash while preallocating leaves filler in the WAL, replayed at the next open.
+        let state = family(&db, Space::State)?;
+        if db.get_pinned_cf(state, WAL_FILLER_KEY)?.is_some() {
+            db.delete_cf(state, WAL_FILLER_KEY)?;
+        }
+        if created && wal_bytes > 0 {
+            preallocate_wal(&db, path, wal_bytes)?;
+        }
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
         let mut async_write = WriteOptions::default();
@@ -95,6 +123,43 @@ impl RocksEngine {
     }
 }
 
+/// Makes the live WAL a recycled file of at least `bytes`: fills the current WAL with filler
+/// (written, then deleted), flushes so RocksDB switches to a new WAL and recycles the filled
+/// one, and switches again (a tiny write and a flush) until the live WAL is the filled file.
+/// Best effort: if RocksDB does not recycle it in time, the database works as without it.
+fn preallocate_wal(db: &DB, path: &Path, bytes: usize) -> Result<()> {
+    let state = family(db, Space::State)?;
+    let chunk = vec![0u8; WAL_FILLER_CHUNK];
+    for _ in 0..bytes.div_ceil(WAL_FILLER_CHUNK) {
+        db.put_cf(state, WAL_FILLER_KEY, &chunk)?;
+    }
+    db.delete_cf(state, WAL_FILLER_KEY)?;
+    for _ in 0..WAL_PREALLOCATE_ATTEMPTS {
+        db.flush_cf(state)?;
+        if live_wal_bytes(path) >= bytes as u64 {
+            return Ok(());
+        }
+        db.put_cf(state, WAL_FILLER_KEY, b"")?;
+        db.delete_cf(state, WAL_FILLER_KEY)?;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+/// The size of the newest WAL file in `path` (WAL numbers grow; names are zero-padded), 0 if
+/// none can be read.
+fn live_wal_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".log"))
+        .max_by_key(|entry| entry.file_name())
+        .and_then(|entry| entry.metadata().ok())
+        .map_or(0, |metadata| metadata.len())
+}
+
 fn family(db: &DB, space: Space) -> Result<&ColumnFamily> {
     db.cf_handle(space.name())
         .ok_or_else(|| StorageError::RocksDb(format!("column family {} missing", space.name())))
@@ -104,6 +169,12 @@ impl Store<RocksEngine> {
     /// Opens the RocksDB backend in directory `path`.
     pub fn open_rocksdb(path: &Path) -> Result<RocksDbBackend> {
         Ok(Store::new(RocksEngine::open(path)?))
+    }
+
+    /// As `open_rocksdb`, with a WAL of `wal_bytes` preallocated if the database is created
+    /// (see [`RocksEngine::open_preallocated`]).
+    pub fn open_rocksdb_preallocated(path: &Path, wal_bytes: usize) -> Result<RocksDbBackend> {
+        Ok(Store::new(RocksEngine::open_preallocated(path, wal_bytes)?))
     }
 }
 
