@@ -7,7 +7,8 @@
 # on loopback, each member with its own data directory, and runs the same put workload
 # against both at 1, 16, 64 and 256 clients: 256-byte values over 100,000 keys (uniform).
 #
-#   perf/compare-etcd.sh [DURATION] [WARMUP]      (default 10s and 3s per run)
+#   perf/compare-etcd.sh [DURATION] [WARMUP]      (default 10s and 3s per run; SETTLE=3 s of
+#   quiet before each run, so neither system is measured during the other's writeback)
 #
 # Needs: protoc (protobuf-compiler) to build, etcd and etcdctl (etcd-server, etcd-client).
 # Ports: BASE (default 22600) and up. Both clusters run throughout, so each run shares the
@@ -31,7 +32,11 @@ echo "# $(date -u +%Y-%m-%dT%H:%MZ); $(nproc) cores ($(grep -m1 'model name' /pr
 echo "# etcd $(etcd --version | head -1 | awk '{print $3}'), 3 members; kahuna 3 nodes x 1 core, 64 partitions, unpinned; all on this machine"
 echo "# clients: kahuna 1 pipelined connection per node shared by all clients; etcd min(clients, 8) gRPC channels"
 echo "# puts, 256 B values, 100000 keys, uniform, closed loop, $WARMUP warmup + $DURATION measured per run"
+SETTLE=${SETTLE:-3}
 run() { # system endpoints clients -> summary line
+  # Both clusters share the machine and its disk: let the previous run's writeback and
+  # background work (etcd's backend commits, RocksDB flushes) settle before measuring.
+  sleep "$SETTLE"
   local connections=1 harness="$BIN bench"
   if [ "$1" = etcd ]; then
     harness=$ETCD_BENCH; connections=$3; [ "$connections" -gt 8 ] && connections=8

@@ -260,6 +260,9 @@ struct Replica {
     unsynced: VecDeque<Write>,
     state_machine: StateMachine,
     last_committed: Index,
+    /// Removed from its group and stopped by the harness (see `heal`): it neither ticks,
+    /// processes a Ready nor receives messages.
+    retired: bool,
 }
 
 struct Node {
@@ -435,6 +438,7 @@ impl Simulation {
             durable,
             unsynced: VecDeque::new(),
             last_committed,
+            retired: false,
         }
     }
 
@@ -458,11 +462,13 @@ impl Simulation {
     }
 
     fn leader_of(&self, group: GroupId) -> Option<NodeId> {
-        // The leader with the highest term among live replicas.
+        // The leader with the highest term among live replicas (a retired one is not live).
         self.nodes
             .iter()
             .filter(|(_, n)| n.up)
-            .filter_map(|(&id, n)| n.replicas.get(&group).map(|r| (id, &r.raft)))
+            .filter_map(|(&id, n)| n.replicas.get(&group).map(|r| (id, r)))
+            .filter(|(_, replica)| !replica.retired)
+            .map(|(id, replica)| (id, &replica.raft))
             .filter(|(_, raft)| raft.is_leader())
             .max_by_key(|(_, raft)| raft.term())
             .map(|(id, _)| id)
@@ -778,7 +784,7 @@ impl Simulation {
 
     fn tick_all(&mut self) {
         for node in self.nodes.values_mut().filter(|n| n.up) {
-            for replica in node.replicas.values_mut() {
+            for replica in node.replicas.values_mut().filter(|r| !r.retired) {
                 replica.raft.tick();
             }
         }
@@ -842,6 +848,10 @@ impl Simulation {
             let Some(replica) = node.replicas.get_mut(&message.group) else {
                 continue;
             };
+            if replica.retired {
+                self.stats.messages_dropped += 1;
+                continue;
+            }
             self.stats.messages_delivered += 1;
             replica
                 .raft
@@ -910,7 +920,7 @@ impl Simulation {
                 .replicas
                 .get_mut(&group)
                 .unwrap();
-            if !replica.raft.has_ready() {
+            if replica.retired || !replica.raft.has_ready() {
                 return;
             }
             let ready = replica.raft.ready();
@@ -1197,41 +1207,72 @@ impl Simulation {
         self.cuts.clear();
         self.options.loss = 0.0;
         self.options.duplication = 0.0;
+        // Without pre-vote and check-quorum, Raft itself cannot stop a replica that was removed
+        // from its group and never learnt it from campaigning with ever higher terms and
+        // deposing every leader (thesis 4.2.3); operators shut removed servers down (a
+        // multi-Raft node destroys a removed replica), and so does the liveness phase: nodes
+        // removed from every group are stopped, and the removed replicas of the others are
+        // retired. (With either option on, they stay up: the option must keep them harmless,
+        // and the check says whether it does.)
         let removed = if self.options.pre_vote || self.options.check_quorum {
             Vec::new()
         } else {
-            self.removed_nodes()
+            self.removed_replicas()
         };
         for id in self.node_ids() {
-            if removed.contains(&id) {
-                // Without pre-vote and check-quorum, Raft itself cannot stop a server that was
-                // removed and never learnt it from campaigning with ever higher terms and
-                // deposing every leader (thesis 4.2.3); operators shut removed servers down,
-                // and so does the liveness phase. (With either option on, they stay up: the
-                // option must keep them harmless, and the check says whether it does.)
+            let groups = self.nodes[&id].replicas.len();
+            if removed.iter().filter(|(node, _)| *node == id).count() == groups {
                 self.crash(id);
-            } else {
-                self.restart(id);
+                continue;
+            }
+            self.restart(id);
+            for &(_, group) in removed.iter().filter(|(node, _)| *node == id) {
+                let node = self.nodes.get_mut(&id).unwrap();
+                node.replicas.get_mut(&group).unwrap().retired = true;
             }
         }
     }
 
-    /// Nodes that are a member of no group's latest configuration, as the replica with the
-    /// highest commit index of each group knows it.
-    fn removed_nodes(&self) -> Vec<NodeId> {
-        let latest: Vec<ConfState> = (1..=self.options.groups as u64)
-            .filter_map(|group| {
-                self.nodes
-                    .values()
-                    .map(|node| &node.replicas[&group].raft)
-                    .max_by_key(|raft| raft.committed())
-                    .map(|raft| raft.conf_state().clone())
-            })
-            .collect();
-        self.node_ids()
-            .into_iter()
-            .filter(|&id| latest.iter().all(|conf| !conf.members().any(|m| m == id)))
-            .collect()
+    /// (node, group) of every replica removed from its group: a member neither of the
+    /// configuration committed by the replica with the highest commit index, nor of the latest
+    /// configuration of any replica that holds every committed entry. Configurations take
+    /// effect when appended, and such a replica may still be elected and commit its uncommitted
+    /// suffix, which may add a node back; a replica missing committed entries never can (the
+    /// election restriction), so its stale view does not count (a removed replica that never
+    /// learnt of its removal still lists itself).
+    fn removed_replicas(&self) -> Vec<(NodeId, GroupId)> {
+        let mut removed = Vec::new();
+        for group in 1..=self.options.groups as u64 {
+            let rafts: Vec<&Raft> = self
+                .nodes
+                .values()
+                .map(|node| &node.replicas[&group].raft)
+                .collect();
+            let Some(most) = rafts.iter().max_by_key(|raft| raft.committed()) else {
+                continue;
+            };
+            let commit = most.committed();
+            let commit_term = most.log_term(commit);
+            let committed_conf = most.conf_state_at(commit);
+            let electable: Vec<&Raft> = rafts
+                .iter()
+                .copied()
+                .filter(|raft| {
+                    raft.last_index() >= commit
+                        && (commit_term.is_none()
+                            || raft
+                                .log_term(commit)
+                                .is_none_or(|term| Some(term) == commit_term))
+                })
+                .collect();
+            for id in self.node_ids() {
+                let member = |conf: &ConfState| conf.members().any(|m| m == id);
+                if !member(&committed_conf) && !electable.iter().any(|r| member(r.conf_state())) {
+                    removed.push((id, group));
+                }
+            }
+        }
+        removed
     }
 
     fn missing_proposals(&self) -> Vec<(u64, GroupId)> {
