@@ -1262,7 +1262,7 @@ impl Simulation {
                         && (commit_term.is_none()
                             || raft
                                 .log_term(commit)
-                                .is_none_or(|term| Some(term) == commit_term))
+                                .map_or(true, |term| Some(term) == commit_term))
                 })
                 .collect();
             for id in self.node_ids() {
