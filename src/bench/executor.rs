@@ -9,8 +9,14 @@
 //! they queue the task's index and unpark the executor thread. A task is queued at most once
 //! until it is polled again (`TaskWaker::queued`), so the ready queue is bounded by the number
 //! of tasks. Timers (`sleep_until`) belong to the executor thread.
+//!
+//! When many answers arrive together, the tasks are polled one after the other, and each poll
+//! may send the task's next request (a syscall): the last task of a burst would be polled
+//! hundreds of microseconds after its answer arrived. So a task learns when it was last woken
+//! ([`woken_at`]), and the runner charges an operation up to that moment, when its answer
+//! arrived, not up to its poll.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::future::Future;
@@ -36,6 +42,9 @@ struct TaskWaker {
     /// Set while the index sits in the ready queue (cleared just before the task is polled):
     /// a task woken many times between two polls is queued once.
     queued: AtomicBool,
+    /// When the task was last woken (taken when it is polled). The latest wake, not the
+    /// first: an answer is never charged as arriving before the wake that delivered it.
+    woken_at: Mutex<Option<Instant>>,
 }
 
 impl Wake for TaskWaker {
@@ -44,6 +53,7 @@ impl Wake for TaskWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
+        *self.woken_at.lock().expect("wake time lock") = Some(Instant::now());
         if !self.queued.swap(true, Ordering::AcqRel) {
             self.ready
                 .indexes
@@ -90,6 +100,15 @@ thread_local! {
     /// The timers of the executor running on this thread (at most one per task: a task
     /// sleeps in one place at a time).
     static TIMERS: RefCell<Timers> = RefCell::new(Timers::default());
+    /// When the task being polled was last woken (`None` for its first poll).
+    static WOKEN_AT: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// When the task now being polled was last woken: for a task that awaited an answer and is
+/// now past it, when the answer arrived. `None` outside [`run_to_completion`] or on a task's
+/// first poll.
+pub fn woken_at() -> Option<Instant> {
+    WOKEN_AT.with(Cell::get)
 }
 
 /// Completes at `deadline` (at once if it passed). Only inside [`run_to_completion`].
@@ -159,6 +178,7 @@ pub fn run_to_completion(tasks: Vec<Task>) {
                 index,
                 ready: ready.clone(),
                 queued: AtomicBool::new(true),
+                woken_at: Mutex::new(None),
             })
         })
         .collect();
@@ -177,6 +197,8 @@ pub fn run_to_completion(tasks: Vec<Task>) {
             let Some(task) = tasks[index].as_mut() else {
                 continue;
             };
+            let woken = waker_state.woken_at.lock().expect("wake time lock").take();
+            WOKEN_AT.with(|cell| cell.set(woken));
             let waker = Waker::from(waker_state.clone());
             if task
                 .as_mut()
@@ -202,6 +224,7 @@ pub fn run_to_completion(tasks: Vec<Task>) {
     }
     // Timers of finished tasks (none are left by tasks that ran to the end) are dropped.
     TIMERS.with(|timers| timers.borrow_mut().heap.clear());
+    WOKEN_AT.with(|cell| cell.set(None));
 }
 
 #[cfg(test)]
@@ -305,6 +328,44 @@ mod tests {
             .collect();
         run_to_completion(tasks);
         assert_eq!(*order.borrow(), vec![0, 10, 20, 30]);
+    }
+
+    /// A task polled late (behind another that works for a while) still learns when its wake
+    /// came, which is what the runner charges an answer to.
+    #[test]
+    fn a_task_learns_when_it_was_woken_not_when_it_was_polled() {
+        let slot = Arc::new(Slot::default());
+        let seen = Rc::new(Cell::new(None));
+        let set_at = Arc::new(Mutex::new(None));
+        let tasks: Vec<Task> = vec![
+            {
+                let (slot, seen) = (slot.clone(), seen.clone());
+                Box::pin(async move {
+                    assert_eq!(woken_at(), None, "first poll");
+                    Awaiting(slot).await;
+                    seen.set(woken_at());
+                }) as Task
+            },
+            {
+                let slot = slot.clone();
+                let set_at = set_at.clone();
+                Box::pin(async move {
+                    // Wakes the first task, then keeps the thread busy before it is polled.
+                    *set_at.lock().unwrap() = Some(Instant::now());
+                    slot.set(1);
+                    std::thread::sleep(Duration::from_millis(20));
+                }) as Task
+            },
+        ];
+        run_to_completion(tasks);
+        let woken = seen.get().expect("the task saw its wake time");
+        let set = set_at.lock().unwrap().unwrap();
+        assert!(woken >= set, "woken at or after the answer was set");
+        assert!(
+            woken - set < Duration::from_millis(10),
+            "woken {:?} after the answer, not after the busy task",
+            woken - set
+        );
     }
 
     #[test]

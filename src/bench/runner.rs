@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::driver::{OpOutcome, Session};
-use super::executor::{run_to_completion, sleep_until, Task};
+use super::executor::{run_to_completion, sleep_until, woken_at, Task};
 use super::report::{progress_line, Totals};
 use super::workload::Workload;
 
@@ -129,8 +129,15 @@ impl ClientRun {
             }
             let op = self.workload.next_op();
             let key = op.key().clone();
+            let issued = Instant::now();
             let result = self.session.execute(op).await;
-            let completed = Instant::now();
+            // When the answer arrived (the wake that delivered it), not when this task got its
+            // turn on the executor thread. A wake from before the operation was issued means
+            // the operation completed without suspending (an immediate error): now.
+            let completed = match woken_at() {
+                Some(woken) if woken >= issued => woken,
+                _ => Instant::now(),
+            };
             match &result {
                 Ok(OpOutcome::Done { revision }) => self.workload.observe_revision(&key, *revision),
                 Ok(OpOutcome::Conflict { current_revision }) => {

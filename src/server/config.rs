@@ -14,10 +14,10 @@ pub const DEFAULT_PEER_PORT: u16 = 7500;
 pub const DEFAULT_PARTITIONS: u64 = 64;
 pub const PARTITIONS_MAX: u64 = 1 << 20;
 pub const CORES_MAX: usize = 256;
-/// The WAL a new core database starts with: about what a core writes between two memtable
-/// flushes under load, after which RocksDB recycles full-size files by itself.
-pub const WAL_PREALLOCATE_MB_DEFAULT: usize = 64;
-pub const WAL_PREALLOCATE_MB_MAX: usize = 1024;
+/// The WAL a new core database starts with (MiB): as large as one memtable's filler allows;
+/// under load RocksDB then recycles full-size files by itself.
+pub const WAL_PREALLOCATE_MB_DEFAULT: usize = 48;
+pub const WAL_PREALLOCATE_MB_MAX: usize = crate::storage::WAL_PREALLOCATE_BYTES_MAX >> 20;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pinning {

@@ -36,7 +36,7 @@ pub use engine::{RawBatch, RawEngine, RawOp, RawRangeView};
 pub use error::{Result, StorageError};
 pub use keys::{kv_key, log_key, state_key, Space, StateTag, GROUP_RESERVED};
 pub use memory::{MemoryBackend, MemoryEngine};
-pub use rocks::{RocksDbBackend, RocksEngine};
+pub use rocks::{RocksDbBackend, RocksEngine, WAL_PREALLOCATE_BYTES_MAX};
 pub use snapshot::KvSnapshotReader;
 pub use sqlite::{SqliteBackend, SqliteEngine};
 pub use store::Store;

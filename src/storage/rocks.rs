@@ -37,6 +37,9 @@ use super::store::Store;
 const WAL_FILLER_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffwal-filler";
 /// Bytes per filler write.
 const WAL_FILLER_CHUNK: usize = 1 << 20;
+/// The largest WAL `open_preallocated` makes: the filler must fit in one memtable (64 MiB, the
+/// default write buffer), or a memtable switch would start a new WAL half-way.
+pub const WAL_PREALLOCATE_BYTES_MAX: usize = 48 << 20;
 /// WAL switches `preallocate_wal` tries before giving up: the filled file joins the recycle
 /// list when RocksDB purges it after a flush, which may run on a background thread.
 const WAL_PREALLOCATE_ATTEMPTS: usize = 20;
@@ -84,7 +87,7 @@ impl RocksEngine {
     }
 
     /// As [`RocksEngine::open`]; a database created by this call starts writing into a WAL file
-    /// of `wal_bytes` (0: none), so that its first synced writes do not grow the file (each
+    /// of `wal_bytes` (0: none; at most [`WAL_PREALLOCATE_BYTES_MAX`]), so that its first synced writes do not grow the file (each
     /// growth makes fdatasync write the inode too: 0.11 ms per sync here instead of 0.07).
     pub fn open_preallocated(path: &Path, wal_bytes: usize) -> Result<RocksEngine> {
         let created = !path.join("CURRENT").exists();
@@ -98,7 +101,20 @@ impl RocksEngine {
             db.delete_cf(state, WAL_FILLER_KEY)?;
         }
         if created && wal_bytes > 0 {
-            preallocate_wal(&db, path, wal_bytes)?;
+            // Best effort: a database without it works, only its first WAL file grows.
+            match preallocate_wal(&db, path, wal_bytes.min(WAL_PREALLOCATE_BYTES_MAX)) {
+                Ok(true) => {}
+                Ok(false) => eprintln!(
+                    "kahuna: {}: the WAL was not preallocated (RocksDB did not recycle the filled \
+                     file in time); synced writes grow the first WAL file",
+                    path.display()
+                ),
+                Err(error) => eprintln!(
+                    "kahuna: {}: preallocating the WAL failed ({error}); synced writes grow the \
+                     first WAL file",
+                    path.display()
+                ),
+            }
         }
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
@@ -126,8 +142,13 @@ impl RocksEngine {
 /// Makes the live WAL a recycled file of at least `bytes`: fills the current WAL with filler
 /// (written, then deleted), flushes so RocksDB switches to a new WAL and recycles the filled
 /// one, and switches again (a tiny write and a flush) until the live WAL is the filled file.
-/// Best effort: if RocksDB does not recycle it in time, the database works as without it.
-fn preallocate_wal(db: &DB, path: &Path, bytes: usize) -> Result<()> {
+/// Returns whether it is. `bytes` must stay below the write buffer size (64 MiB by default):
+/// a full memtable switches the WAL, which would split the filler over two files.
+fn preallocate_wal(db: &DB, path: &Path, bytes: usize) -> Result<bool> {
+    assert!(
+        bytes <= WAL_PREALLOCATE_BYTES_MAX,
+        "WAL preallocation of {bytes} bytes above {WAL_PREALLOCATE_BYTES_MAX}"
+    );
     let state = family(db, Space::State)?;
     let chunk = vec![0u8; WAL_FILLER_CHUNK];
     for _ in 0..bytes.div_ceil(WAL_FILLER_CHUNK) {
@@ -137,13 +158,13 @@ fn preallocate_wal(db: &DB, path: &Path, bytes: usize) -> Result<()> {
     for _ in 0..WAL_PREALLOCATE_ATTEMPTS {
         db.flush_cf(state)?;
         if live_wal_bytes(path) >= bytes as u64 {
-            return Ok(());
+            return Ok(true);
         }
         db.put_cf(state, WAL_FILLER_KEY, b"")?;
         db.delete_cf(state, WAL_FILLER_KEY)?;
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    Ok(())
+    Ok(false)
 }
 
 /// The size of the newest WAL file in `path` (WAL numbers grow; names are zero-padded), 0 if

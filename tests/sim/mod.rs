@@ -1207,57 +1207,68 @@ impl Simulation {
         self.cuts.clear();
         self.options.loss = 0.0;
         self.options.duplication = 0.0;
-        // Without pre-vote and check-quorum, Raft itself cannot stop a replica that was removed
-        // from its group and never learnt it from campaigning with ever higher terms and
-        // deposing every leader (thesis 4.2.3); operators shut removed servers down (a
-        // multi-Raft node destroys a removed replica), and so does the liveness phase: nodes
-        // removed from every group are stopped, and the removed replicas of the others are
-        // retired. (With either option on, they stay up: the option must keep them harmless,
-        // and the check says whether it does.)
-        let removed = if self.options.pre_vote || self.options.check_quorum {
-            Vec::new()
-        } else {
-            self.removed_replicas()
-        };
         for id in self.node_ids() {
-            let groups = self.nodes[&id].replicas.len();
-            if removed.iter().filter(|(node, _)| *node == id).count() == groups {
+            self.restart(id);
+        }
+        self.retire_removed(true);
+    }
+
+    /// Without pre-vote and check-quorum, Raft itself cannot stop a replica that was removed
+    /// from its group and never learnt it from campaigning with ever higher terms and deposing
+    /// every leader (thesis 4.2.3). Operators shut removed servers down (and multi-Raft systems
+    /// such as TiKV destroy removed replicas; kahuna's node does not expose membership changes
+    /// yet), and so does the liveness phase, when healing and again as changes commit: removed
+    /// replicas are retired, and with `stop_nodes` a node removed from every group is stopped.
+    /// With either option on, nothing is done: removed replicas stay up, the option must keep
+    /// them harmless, and the checks say whether it does.
+    fn retire_removed(&mut self, stop_nodes: bool) {
+        if self.options.pre_vote || self.options.check_quorum {
+            return;
+        }
+        let removed = self.removed_replicas();
+        for id in self.node_ids() {
+            let groups: Vec<GroupId> = removed
+                .iter()
+                .filter(|(node, _)| *node == id)
+                .map(|&(_, group)| group)
+                .collect();
+            if stop_nodes && groups.len() == self.nodes[&id].replicas.len() {
                 self.crash(id);
                 continue;
             }
-            self.restart(id);
-            for &(_, group) in removed.iter().filter(|(node, _)| *node == id) {
-                let node = self.nodes.get_mut(&id).unwrap();
+            let node = self.nodes.get_mut(&id).unwrap();
+            for group in groups {
                 node.replicas.get_mut(&group).unwrap().retired = true;
             }
         }
     }
 
-    /// (node, group) of every replica removed from its group: a member neither of the
-    /// configuration committed by the replica with the highest commit index, nor of the latest
-    /// configuration of any replica that holds every committed entry. Configurations take
-    /// effect when appended, and such a replica may still be elected and commit its uncommitted
-    /// suffix, which may add a node back; a replica missing committed entries never can (the
-    /// election restriction), so its stale view does not count (a removed replica that never
-    /// learnt of its removal still lists itself).
+    /// (node, group) of every live replica removed from its group: a member neither of the
+    /// configuration committed by the live replica with the highest commit index, nor of the
+    /// latest configuration of another live replica that holds every committed entry.
+    /// Configurations take effect when appended, and such a replica may still be elected and
+    /// commit its uncommitted suffix, which may add a node back; a replica missing committed
+    /// entries never can (the election restriction), and a replica's view of itself does not
+    /// count (a removed replica that never learnt of its removal still lists itself).
     fn removed_replicas(&self) -> Vec<(NodeId, GroupId)> {
         let mut removed = Vec::new();
         for group in 1..=self.options.groups as u64 {
-            let rafts: Vec<&Raft> = self
+            let rafts: Vec<(NodeId, &Raft)> = self
                 .nodes
-                .values()
-                .map(|node| &node.replicas[&group].raft)
+                .iter()
+                .filter(|(_, node)| node.up)
+                .map(|(&id, node)| (id, &node.replicas[&group].raft))
                 .collect();
-            let Some(most) = rafts.iter().max_by_key(|raft| raft.committed()) else {
+            let Some((_, most)) = rafts.iter().max_by_key(|(_, raft)| raft.committed()) else {
                 continue;
             };
             let commit = most.committed();
             let commit_term = most.log_term(commit);
             let committed_conf = most.conf_state_at(commit);
-            let electable: Vec<&Raft> = rafts
+            let electable: Vec<(NodeId, &Raft)> = rafts
                 .iter()
                 .copied()
-                .filter(|raft| {
+                .filter(|(_, raft)| {
                     raft.last_index() >= commit
                         && (commit_term.is_none()
                             || raft
@@ -1265,9 +1276,12 @@ impl Simulation {
                                 .map_or(true, |term| Some(term) == commit_term))
                 })
                 .collect();
-            for id in self.node_ids() {
+            for &(id, _) in &rafts {
                 let member = |conf: &ConfState| conf.members().any(|m| m == id);
-                if !member(&committed_conf) && !electable.iter().any(|r| member(r.conf_state())) {
+                let listed_by_another = electable
+                    .iter()
+                    .any(|&(other, view)| other != id && member(view.conf_state()));
+                if !member(&committed_conf) && !listed_by_another {
                     removed.push((id, group));
                 }
             }
@@ -1315,6 +1329,8 @@ impl Simulation {
                 return;
             }
             if self.now % 20 == 0 {
+                // Removals that commit while healing retire their replicas too.
+                self.retire_removed(false);
                 let missing = self.missing_proposals();
                 if missing.is_empty() && self.converged() {
                     return;
