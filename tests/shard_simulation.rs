@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use kahuna::raft::*;
-use kahuna::shard::{PersistToken, Shard, ShardConfig, ShardError, StateMachine};
+use kahuna::shard::{PersistToken, Shard, ShardBatch, ShardConfig, ShardError, StateMachine};
 use kahuna::storage::{Backend, KvOp, MemoryBackend};
 
 const DIGEST_KEY: &[u8] = b"\x00digest";
@@ -78,6 +78,9 @@ struct Node {
     backend: MemoryBackend,
     /// Batches written but not yet synced, in order.
     unsynced: VecDeque<PersistToken>,
+    /// A batch of applies alone held back to be written with a later one, as a node's core
+    /// does (`ShardBatch::applies_only`, `ShardBatch::absorb`); lost with a crash.
+    held: Option<ShardBatch>,
     up: bool,
     paused_until: u64,
 }
@@ -125,6 +128,12 @@ struct Sim {
     /// `Config::commit_notice_ticks` of every replica (from its own generator, so the other
     /// choices of a seed are what they were before it existed).
     commit_notice_ticks: u32,
+    /// Per loop iteration, the chance a batch of applies alone is held for the next batch,
+    /// and the chance a held one is written when nothing new was collected (its own
+    /// generator, as above).
+    hold_dice: Dice,
+    hold_chance: f64,
+    batches_held: u64,
 }
 
 fn raft_config() -> Config {
@@ -181,6 +190,9 @@ impl Sim {
             images_taken: 0,
             images_refused: 0,
             commit_notice_ticks: Dice::new(seed ^ 0xc0_771).pick(&[0, 1, 2, 9]),
+            hold_dice: Dice::new(seed ^ 0x401d),
+            hold_chance: Dice::new(seed ^ 0x401e).pick(&[0.0, 0.5, 0.9]),
+            batches_held: 0,
         };
         for &id in &ids {
             let node = sim.start_node(id, MemoryBackend::in_memory());
@@ -191,13 +203,14 @@ impl Sim {
 
     fn describe(&self) -> String {
         format!(
-            "seed={} nodes={} groups={} loss={} grant={} commit_notice={}",
+            "seed={} nodes={} groups={} loss={} grant={} commit_notice={} hold={}",
             self.seed,
             self.nodes.len(),
             self.groups,
             self.loss,
             self.grant_chance,
-            self.commit_notice_ticks
+            self.commit_notice_ticks,
+            self.hold_chance
         )
     }
 
@@ -240,6 +253,7 @@ impl Sim {
             shard,
             backend,
             unsynced: VecDeque::new(),
+            held: None,
             up: true,
             paused_until: 0,
         }
@@ -366,20 +380,11 @@ impl Sim {
             node.shard.resume_apply(group);
         }
         let mut restored = Vec::new();
-        if let Some(batch) = node.shard.collect(false) {
-            node.backend.write(&batch.write).expect("write");
-            // A snapshot replaced the group's data: the machine continues from its digest.
-            for &(group, index) in &batch.restored {
-                let (at, digest) = stored_digest(&node.backend, group).expect("snapshot digest");
-                assert_eq!(at, index, "snapshot digest at the snapshot index");
-                shard_machine(&mut node.shard)
-                    .digests
-                    .insert(group, (index, digest));
-                restored.push((group, index, digest));
-                self.restores += 1;
-            }
-            outgoing.extend(batch.send_now);
-            for group in batch.snapshots_wanted {
+        let mut collected = node.shard.collect(false);
+        if let Some(batch) = collected.as_mut() {
+            // Sent and asked for at collect, as on a node (before any hold).
+            outgoing.extend(std::mem::take(&mut batch.send_now));
+            for group in std::mem::take(&mut batch.snapshots_wanted) {
                 if self
                     .image_reads
                     .iter()
@@ -391,6 +396,44 @@ impl Sim {
                 }
                 let at = self.now + self.image_dice.pick(&[0, 0, 1, 4, 15]);
                 self.image_reads.push((at, id, group));
+            }
+        }
+        // A batch of applies alone may wait for the next one; a held batch is written with the
+        // next one collected, or alone now and then (the node's deadline).
+        let to_write = match (node.held.take(), collected) {
+            (Some(mut earlier), Some(later)) => {
+                earlier.absorb(later);
+                Some(earlier)
+            }
+            (Some(earlier), None) => {
+                if self.hold_dice.chance(0.3) {
+                    Some(earlier)
+                } else {
+                    node.held = Some(earlier);
+                    None
+                }
+            }
+            (None, collected) => collected,
+        };
+        let to_write = match to_write {
+            Some(batch) if batch.applies_only() && self.hold_dice.chance(self.hold_chance) => {
+                node.held = Some(batch);
+                self.batches_held += 1;
+                None
+            }
+            other => other,
+        };
+        if let Some(batch) = to_write {
+            node.backend.write(&batch.write).expect("write");
+            // A snapshot replaced the group's data: the machine continues from its digest.
+            for &(group, index) in &batch.restored {
+                let (at, digest) = stored_digest(&node.backend, group).expect("snapshot digest");
+                assert_eq!(at, index, "snapshot digest at the snapshot index");
+                shard_machine(&mut node.shard)
+                    .digests
+                    .insert(group, (index, digest));
+                restored.push((group, index, digest));
+                self.restores += 1;
             }
             applied = batch.applied;
             // As on a node: a batch with nothing that must be durable is reported persisted once
@@ -588,6 +631,7 @@ impl Sim {
         if node.up {
             node.up = false;
             node.unsynced.clear();
+            node.held = None;
             node.backend.crash();
             // Reads it had started die with it.
             self.image_reads.retain(|&(_, node, _)| node != id);
@@ -763,13 +807,14 @@ impl Sim {
             return Err(self.failures.join("; "));
         }
         Ok(format!(
-            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader} compactions={} restores={} holds={} images_taken={} images_refused={}",
+            "{} proposals={} max_asleep={} asleep_when_quiet={asleep}/{replicas} failover {old_leader}->{new_leader} compactions={} restores={} holds={} batches_held={} images_taken={} images_refused={}",
             self.describe(),
             self.proposals.len(),
             self.slept,
             self.compactions,
             self.restores,
             self.holds,
+            self.batches_held,
             self.images_taken,
             self.images_refused
         ))

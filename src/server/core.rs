@@ -189,6 +189,14 @@ pub enum ProposeFailure {
     Timeout,
 }
 
+/// How long a batch that only applies committed entries (`ShardBatch::applies_only`) may wait
+/// for the next batch, to be written with it. Such a batch follows every commit on the leader
+/// (its clients are already answered from the in-memory apply), and under a steady trickle of
+/// writes the next proposal's batch comes within a client round trip: one storage write (and
+/// one blocking-pool round trip) then carries both. Reads waiting for a written apply end the
+/// wait at once.
+const APPLY_HOLD: Duration = Duration::from_millis(2);
+
 /// Batches collected and not yet written and released, at most. The loop collects and sends
 /// batch k+1 (a leader's appends go out at once) while batch k is being written, so a
 /// follower's sync overlaps the leader's; writes themselves stay one at a time, in order.
@@ -210,6 +218,8 @@ pub async fn run_loop(
     let in_flight = Rc::new(Cell::new(0usize));
     let (pipe, collected) = local_channel::new_bounded(PIPELINE_DEPTH);
     glommio::spawn_local(write_batches(state.clone(), collected, in_flight.clone())).detach();
+    // A batch of applies alone waiting (until the instant) for the next batch to carry it.
+    let mut held: Option<(ShardBatch, Option<Instant>, Instant)> = None;
     loop {
         let now = Instant::now();
         if now >= next_tick {
@@ -244,12 +254,36 @@ pub async fn run_loop(
                 // apply that just ran in memory: the client needs nothing from this batch's
                 // write. (Reads still wait for the apply to be written.)
                 answer_writes(&state, &batch.applied, completions);
-                in_flight.set(in_flight.get() + 1);
-                assert!(in_flight.get() <= PIPELINE_DEPTH);
-                if pipe.send((batch, received)).await.is_err() {
-                    return;
+                let (batch, received, hold_until) = match held.take() {
+                    Some((mut earlier, earlier_received, until)) => {
+                        earlier.absorb(batch);
+                        (earlier, earlier_received.or(received), until)
+                    }
+                    None => (batch, received, Instant::now() + APPLY_HOLD),
+                };
+                if batch.applies_only() && state.reads.borrow().is_empty() {
+                    held = Some((batch, received, hold_until));
+                } else {
+                    in_flight.set(in_flight.get() + 1);
+                    assert!(in_flight.get() <= PIPELINE_DEPTH);
+                    if pipe.send((batch, received)).await.is_err() {
+                        return;
+                    }
                 }
             }
+        }
+        // A held batch goes out once its wait is over, or at once when a read waits for
+        // written applies (the pipeline has room: held batches are not in flight).
+        if held.as_ref().is_some_and(|(_, _, until)| {
+            Instant::now() >= *until || !state.reads.borrow().is_empty()
+        }) && in_flight.get() < PIPELINE_DEPTH
+        {
+            let (batch, received, _) = held.take().expect("checked above");
+            in_flight.set(in_flight.get() + 1);
+            if pipe.send((batch, received)).await.is_err() {
+                return;
+            }
+            continue;
         }
         // Compaction reads nothing (images are read only when a follower needs one), so it
         // runs inline: a bounded pass over the groups' log lengths.
@@ -261,7 +295,11 @@ pub async fn run_loop(
         if worked {
             continue;
         }
-        let wait = next_tick.saturating_duration_since(Instant::now());
+        let wake_at = match &held {
+            Some((_, _, until)) => next_tick.min(*until),
+            None => next_tick,
+        };
+        let wait = wake_at.saturating_duration_since(Instant::now());
         let _ = glommio::timer::timeout(wait, async {
             ring.recv().await;
             Ok(())

@@ -142,6 +142,48 @@ pub struct ShardBatch {
     pub token: PersistToken,
 }
 
+impl ShardBatch {
+    /// Whether this batch only applies committed entries (and compacts): nothing in it needs a
+    /// sync, and no message or read waits for its write. Such a batch may wait for the next one
+    /// and be written with it ([`ShardBatch::absorb`]).
+    pub fn applies_only(&self) -> bool {
+        !self.write.sync
+            && !self.write.is_empty()
+            && self.token.after_persist.is_empty()
+            && self.read_states.is_empty()
+            && self.dropped_reads.is_empty()
+            && self.restored.is_empty()
+            && self.snapshots_wanted.is_empty()
+    }
+
+    /// Appends `later`, collected after this batch, so that both are written as one storage
+    /// write (this batch's parts first: storage applies a batch's group writes in order) and
+    /// released in collection order. Messages to send at once must already have been sent.
+    pub fn absorb(&mut self, later: ShardBatch) {
+        assert!(
+            self.send_now.is_empty() && later.send_now.is_empty(),
+            "messages to send now are sent at collect"
+        );
+        self.write.sync |= later.write.sync;
+        self.write.groups.extend(later.write.groups);
+        self.applied.extend(later.applied);
+        self.restored.extend(later.restored);
+        self.read_states.extend(later.read_states);
+        self.dropped_reads.extend(later.dropped_reads);
+        self.leader_changes.extend(later.leader_changes);
+        self.snapshots_wanted.extend(later.snapshots_wanted);
+        self.token.readies.extend(later.token.readies);
+        self.token.applied.extend(later.token.applied);
+        for (peer, messages) in later.token.after_persist {
+            self.token
+                .after_persist
+                .entry(peer)
+                .or_default()
+                .extend(messages);
+        }
+    }
+}
+
 /// Identifies a collected batch; hand it back to [`Shard::persisted`] once durable.
 #[derive(Debug, Default)]
 pub struct PersistToken {
