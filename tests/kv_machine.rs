@@ -415,6 +415,31 @@ fn a_retried_sequence_is_not_applied_again_and_gets_the_original_outcome() {
     assert_eq!(replica.outcome(9, &first), Outcome::Applied { revision: 1 });
 }
 
+/// An idle core drops every group's in-memory state whose writes storage shows; the next
+/// commands reload what they need and decide exactly as before (sessions included).
+#[test]
+fn idle_groups_are_unloaded_and_reload_what_they_need() {
+    let mut replica = Replica::prefetching(KvMachineConfig::default());
+    for group in 1..=3 {
+        replica.outcome(group, &with_session(put("k", "a"), 7, 1));
+    }
+    // A write in flight (applied, not yet written) keeps its group loaded.
+    replica.apply_entry(3, EntryKind::Normal, put("k", "b").encode().unwrap());
+    assert_eq!(replica.machine.unload_idle_groups(), 2);
+    assert_eq!(replica.machine.session_count(1), None, "group 1 unloaded");
+    assert!(replica.machine.session_count(3).is_some(), "group 3 kept");
+    replica.flush();
+    replica.machine.take_completions();
+    assert_eq!(replica.machine.unload_idle_groups(), 1);
+    // Reloaded from storage: the session's retry is recognised, revisions continue.
+    let (retry, _) = replica.run(1, &with_session(put("k", "a"), 7, 1));
+    assert!(retry.replayed, "the session table was reloaded");
+    assert_eq!(retry.outcome, Outcome::Applied { revision: 1 });
+    let (next, _) = replica.run(1, &with_session(put("k", "c"), 7, 2));
+    assert_eq!(next.outcome, Outcome::Applied { revision: 3 });
+    assert_eq!(replica.stored(1, b"k").unwrap().meta, meta(3, 1));
+}
+
 #[test]
 fn sessions_survive_a_restart() {
     let mut replica = Replica::new(KvMachineConfig::default());

@@ -301,15 +301,36 @@ impl KvMachine {
         let Some(state) = self.groups.get(&group) else {
             return true;
         };
+        let clean = Self::unloadable(state, self.queued.contains_key(&group));
+        if clean {
+            self.groups.remove(&group);
+        }
+        clean
+    }
+
+    /// Drops the in-memory state of every group whose writes storage shows (see
+    /// [`KvMachine::unload_group`]): revision caches, session tables and values read ahead,
+    /// reloaded from storage by the next apply. For a core that has been idle for a while: a
+    /// node whose groups were busy once would otherwise hold their caches (up to
+    /// `cache_keys_max` keys each) and session tables (up to `sessions_max` each) forever.
+    /// Returns how many groups were unloaded.
+    pub fn unload_idle_groups(&mut self) -> usize {
+        let before = self.groups.len();
+        let queued = &self.queued;
+        self.groups
+            .retain(|group, state| !Self::unloadable(state, queued.contains_key(group)));
+        before - self.groups.len()
+    }
+
+    /// Whether dropping `state` loses nothing: storage shows every write it applied, nothing
+    /// is being read for it, and no read is queued. (Values read ahead go with it: they are
+    /// only copies of what storage holds.)
+    fn unloadable(state: &GroupState, fetch_queued: bool) -> bool {
         let clean = state.snapshot_pending.is_none()
             && state.visible_index == state.last_index
             && !state.fetching
-            && state.prefetched.is_empty()
-            && !self.queued.contains_key(&group);
-        if clean {
-            debug_assert!(state.cache.is_clean(state.visible_index));
-            self.groups.remove(&group);
-        }
+            && !fetch_queued;
+        debug_assert!(!clean || state.cache.is_clean(state.visible_index));
         clean
     }
 

@@ -409,9 +409,10 @@ fn start_fetches(state: &Rc<CoreState>) {
 /// A core whose storage saw no write for this long releases its write buffers.
 const RELEASE_BUFFERS_AFTER_IDLE: Duration = Duration::from_secs(5);
 
-/// Releases the storage engine's write buffers (RocksDB memtables) once the core has written
-/// nothing for `RELEASE_BUFFERS_AFTER_IDLE`: an idle node then holds no memtable memory (after
-/// thousands of groups bootstrap, that is a large part of their per-group memory), and a
+/// Releases the storage engine's write buffers (RocksDB memtables) and the kv machine's
+/// per-group state once the core has written nothing for `RELEASE_BUFFERS_AFTER_IDLE`: an
+/// idle node then holds no memtable memory (after thousands of groups bootstrap, that is a
+/// large part of their per-group memory) and no revision caches or session tables, and a
 /// restart has less log to replay. Runs on the blocking pool; a failure is logged and retried
 /// after the next write.
 fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
@@ -423,6 +424,13 @@ fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
     }
     releasing.set(true);
     state.written_since_release.set(None);
+    // The kv machine's per-group caches and session tables go too (reloaded by the next
+    // apply); in memory only, so here, on the reactor: one pass over the core's groups.
+    state
+        .shard
+        .borrow_mut()
+        .state_machine_mut()
+        .unload_idle_groups();
     let (state, releasing) = (state.clone(), releasing.clone());
     glommio::spawn_local(async move {
         if let Err(error) = state.storage.release_write_buffers().await {
