@@ -263,12 +263,8 @@ pub async fn run_loop(
                 };
                 if batch.applies_only() && state.reads.borrow().is_empty() {
                     held = Some((batch, received, hold_until));
-                } else {
-                    in_flight.set(in_flight.get() + 1);
-                    assert!(in_flight.get() <= PIPELINE_DEPTH);
-                    if pipe.send((batch, received)).await.is_err() {
-                        return;
-                    }
+                } else if !to_writer(&pipe, &in_flight, batch, received).await {
+                    return;
                 }
             }
         }
@@ -279,8 +275,7 @@ pub async fn run_loop(
         }) && in_flight.get() < PIPELINE_DEPTH
         {
             let (batch, received, _) = held.take().expect("checked above");
-            in_flight.set(in_flight.get() + 1);
-            if pipe.send((batch, received)).await.is_err() {
+            if !to_writer(&pipe, &in_flight, batch, received).await {
                 return;
             }
             continue;
@@ -306,6 +301,19 @@ pub async fn run_loop(
         })
         .await;
     }
+}
+
+/// Hands a collected batch to the writer task, counting it in flight. False once the writer
+/// is gone (the core is stopping).
+async fn to_writer(
+    pipe: &LocalSender<(ShardBatch, Option<Instant>)>,
+    in_flight: &Cell<usize>,
+    batch: ShardBatch,
+    received: Option<Instant>,
+) -> bool {
+    in_flight.set(in_flight.get() + 1);
+    assert!(in_flight.get() <= PIPELINE_DEPTH);
+    pipe.send((batch, received)).await.is_ok()
 }
 
 /// The writer: writes each collected batch in order (one atomic write, one sync), then releases
