@@ -15,6 +15,16 @@
 //! - `paranoid_checks` (default on) and block checksums catch damage under RocksDB's own formats;
 //!   our records carry their own crc32c on top.
 //! - `max_background_jobs = 2` and a bounded total WAL size, for the small machines we run on.
+//! - The log column family keeps its memtable as a vector (`MemtableFactory::Vector`), sorted
+//!   once when it is flushed, instead of a skiplist. Every put is inserted as a log entry on
+//!   every replica, and a skiplist insert into a 64 MiB memtable walks ~20 levels of cache and
+//!   TLB misses (memtable inserts were ~26% of a node's CPU at 256 clients); a vector insert is
+//!   an append. The log is read from storage only when a group is loaded (at open, after
+//!   RocksDB's recovery has flushed the replayed memtables) or created, so the sort a read of
+//!   a mutable vector memtable costs is paid almost never. Measured on the 2-core VM, 3 nodes,
+//!   256 clients: 14,400-15,200 puts/s with a skiplist, 15,300-15,500 with the vector.
+//!   A vector memtable takes no concurrent inserts, so `allow_concurrent_memtable_write` is off;
+//!   each database has one writer at a time anyway (the core's storage writer).
 //! - LZ4 compression (the only codec compiled in).
 
 use std::collections::VecDeque;
@@ -23,8 +33,8 @@ use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
 
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, Options, ReadOptions,
-    WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, DBCompressionType, DBRecoveryMode, MemtableFactory,
+    Options, ReadOptions, WriteOptions, DB,
 };
 
 use super::engine::{RawBatch, RawEngine, RawOp, RawRangeView};
@@ -77,6 +87,18 @@ fn options() -> Options {
     options.set_keep_log_file_num(4);
     options.set_compression_type(DBCompressionType::Lz4);
     options.set_level_compaction_dynamic_level_bytes(true);
+    // Required by the log's vector memtable (see the module comment); one writer per database.
+    options.set_allow_concurrent_memtable_write(false);
+    options
+}
+
+/// The options of `space`'s column family: the database's, with the log's memtable a vector
+/// (appends; see the module comment).
+fn family_options(space: Space, database: &Options) -> Options {
+    let mut options = database.clone();
+    if space == Space::Log {
+        options.set_memtable_factory(MemtableFactory::Vector);
+    }
     options
 }
 
@@ -92,8 +114,9 @@ impl RocksEngine {
     pub fn open_preallocated(path: &Path, wal_bytes: usize) -> Result<RocksEngine> {
         let created = !path.join("CURRENT").exists();
         let options = options();
-        let families =
-            Space::ALL.map(|space| ColumnFamilyDescriptor::new(space.name(), options.clone()));
+        let families = Space::ALL.map(|space| {
+            ColumnFamilyDescriptor::new(space.name(), family_options(space, &options))
+        });
         let db = DB::open_cf_descriptors(&options, path, families)?;
         // A crash while preallocating leaves filler in the WAL, replayed at the next open.
         let state = family(&db, Space::State)?;
