@@ -76,7 +76,7 @@ fn a_live_log_memtable_reads_back_in_index_order_with_the_newest_entries() {
     append(&mut backend, 1, 2, 71..=72);
     assert_eq!(backend.entries(1, 70, 1_000).unwrap().len(), 3);
     drop(backend);
-    let mut backend = RocksDbBackend::open_rocksdb(&path).unwrap();
+    let backend = RocksDbBackend::open_rocksdb(&path).unwrap();
     assert_eq!(backend.entries(1, 70, 1_000).unwrap().len(), 3);
     assert_eq!(backend.entries(1, 72, 73).unwrap(), vec![entry(72, 2)]);
 }
