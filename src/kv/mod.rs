@@ -33,6 +33,6 @@ pub use machine::{
     Completion, KvMachine, KvMachineConfig, CACHE_KEYS_MAX_DEFAULT, SESSIONS_MAX_DEFAULT,
 };
 pub use outcome::{Outcome, Rejection};
-pub use reader::{BackendReader, KvReader};
+pub use reader::{BackendReader, ConcurrentReader, KvReader};
 pub use session::SessionRecord;
 pub use value::{StoredValue, ValueMeta, VALUE_FORMAT_V1, VALUE_HEADER_BYTES};

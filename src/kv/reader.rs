@@ -13,7 +13,7 @@ use bytes::Bytes;
 
 use super::errors::ReadError;
 use crate::raft::GroupId;
-use crate::storage::Backend;
+use crate::storage::{Backend, ConcurrentKvReader};
 
 /// Reads a group's kv data (user keys as the kv layer sees them, without the group prefix).
 pub trait KvReader {
@@ -68,6 +68,30 @@ fn borrow<B: ?Sized>(
 pub struct BackendReader<'a>(pub &'a dyn Backend);
 
 impl KvReader for BackendReader<'_> {
+    fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
+        self.0
+            .kv_get(group, key)
+            .map_err(|source| ReadError::Storage { group, source })
+    }
+
+    fn scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>, ReadError> {
+        self.0
+            .kv_scan(group, start, end, limit)
+            .map_err(|source| ReadError::Storage { group, source })
+    }
+}
+
+/// A backend's concurrent reader, used where blocking is allowed while the backend writes (see
+/// [`crate::storage::Backend::concurrent_kv_reader`] for why the machine's reads may run then).
+pub struct ConcurrentReader<'a>(pub &'a dyn ConcurrentKvReader);
+
+impl KvReader for ConcurrentReader<'_> {
     fn get(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>, ReadError> {
         self.0
             .kv_get(group, key)

@@ -44,6 +44,10 @@ pub enum NodeError {
     Core { core: usize, reason: String },
 }
 
+/// Threads of each core's blocking pool: a batch write never waits behind an image read for a
+/// follower, and kv reads run beside a write (RocksDB's concurrent reader) on the other thread.
+pub const BLOCKING_THREADS_PER_CORE: usize = 2;
+
 fn placement_of(config: &NodeConfig, core: usize) -> Placement {
     match &config.pinning {
         Pinning::None => Placement::Unbound,
@@ -97,8 +101,9 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let builder = LocalExecutorBuilder::new(placement_of(&config, core))
             .name(&format!("kahuna-core-{core}"))
             .spin_before_park(Duration::from_micros(50))
-            // Two blocking threads: batch writes never wait behind an image read for a follower.
-            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(2));
+            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
+                BLOCKING_THREADS_PER_CORE,
+            ));
         let handle = builder
             .spawn(move || async move { run_core(config, core, backend, mesh).await })
             .map_err(|error| NodeError::Executor(explain_executor_failure(&error, memlock)))?;

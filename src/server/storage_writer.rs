@@ -2,14 +2,22 @@
 //! call at a time (batches are written in order), on glommio's blocking thread pool: the
 //! reactor keeps serving and collecting the next batch while RocksDB or SQLite syncs. Nothing
 //! here blocks the calling thread except the `_blocking` calls made at startup.
+//! Single-key reads (the state machine's fetches, client gets) go through the backend's
+//! concurrent reader where it has one (RocksDB), so they run beside a write instead of after
+//! it: under load a synced write takes milliseconds, and every apply held for a fetch waited
+//! that long. Scans and images stay behind the lock (each must show one state).
 
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 
-use crate::kv::{fetch_blocking, BackendReader, Fetch, Fetched, ReadError};
+use crate::kv::{
+    fetch_blocking, BackendReader, ConcurrentReader, Fetch, Fetched, KvReader, ReadError,
+};
 use crate::raft::GroupId;
-use crate::storage::{Backend, RecoveryState, Result, StorageError, WriteBatch};
+use crate::storage::{
+    Backend, ConcurrentKvReader, RecoveryState, Result, StorageError, WriteBatch,
+};
 
 /// Bytes per frame of a snapshot image (the Raft core re-chunks the image for the wire).
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
@@ -32,6 +40,21 @@ pub struct StorageWriter {
     /// Only ever locked by one blocking call at a time: the mutex is what makes the backend
     /// movable into the blocking pool, not a point of contention.
     backend: Arc<Mutex<Box<dyn Backend>>>,
+    /// Reads kv data without the backend's lock, so a read does not wait behind a synced write
+    /// (RocksDB); `None` where the backend has no such reader: reads then take the lock.
+    reader: Option<Arc<dyn ConcurrentKvReader>>,
+}
+
+/// A kv read's error as the storage error it carries (or wraps).
+fn storage_error(error: ReadError) -> StorageError {
+    match error {
+        ReadError::Storage { source, .. } => source,
+        ReadError::Other { group, detail } => StorageError::Io {
+            context: format!("reading group {group}"),
+            kind: std::io::ErrorKind::Other,
+            message: detail,
+        },
+    }
 }
 
 fn poisoned() -> StorageError {
@@ -45,7 +68,34 @@ fn poisoned() -> StorageError {
 impl StorageWriter {
     pub fn new(backend: Box<dyn Backend>) -> StorageWriter {
         StorageWriter {
+            reader: backend.concurrent_kv_reader(),
             backend: Arc::new(Mutex::new(backend)),
+        }
+    }
+
+    /// Runs `read` on the blocking pool against a kv reader: the concurrent one when the backend
+    /// has it, else the backend itself (behind its lock, so after any write in progress).
+    /// Only for reads that are correct whichever side of a write in progress they see, key by
+    /// key (see [`crate::storage::ConcurrentKvReader`]).
+    async fn read<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&dyn KvReader) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        match self.reader.clone() {
+            Some(reader) => {
+                glommio::executor()
+                    .spawn_blocking(move || read(&ConcurrentReader(&*reader)))
+                    .await
+            }
+            None => {
+                let backend = self.backend.clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        let backend = backend.lock().map_err(|_| poisoned())?;
+                        read(&BackendReader(&**backend))
+                    })
+                    .await
+            }
         }
     }
 
@@ -71,15 +121,15 @@ impl StorageWriter {
     }
 
     pub async fn get(&self, group: GroupId, key: Bytes) -> Result<Option<Bytes>> {
-        let backend = self.backend.clone();
-        glommio::executor()
-            .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.kv_get(group, &key))
+        self.read(move |reader| reader.get(group, &key).map_err(storage_error))
             .await
     }
 
     /// One page of `group`'s kv data in `[start, end)` (empty `end`: to the group's end), read
     /// on the blocking pool: at most `items_max` pairs and, past the first pair, at most
     /// `bytes_max` bytes of keys and values. The flag says whether more pairs may follow.
+    /// Behind the backend's lock, never beside a write: the page is read in chunks, and a write
+    /// landing between two chunks (a range delete, say) would give a page that mixes two states.
     pub async fn scan_page(
         &self,
         group: GroupId,
@@ -93,7 +143,8 @@ impl StorageWriter {
         glommio::executor()
             .spawn_blocking(move || {
                 let backend = backend.lock().map_err(|_| poisoned())?;
-                scan_page(&**backend, group, &start, &end, items_max, bytes_max)
+                let reader = BackendReader(&**backend);
+                scan_page(&reader, group, &start, &end, items_max, bytes_max)
             })
             .await
     }
@@ -123,35 +174,23 @@ impl StorageWriter {
     }
 
     /// Performs the state machine's fetches (see [`crate::kv::Fetch`]) on the blocking pool,
-    /// in one call. Behind the backend's lock, so a fetch may wait for a batch being written.
+    /// in one call. With a concurrent reader (RocksDB) it runs beside a batch being written;
+    /// otherwise behind the backend's lock, after it.
     pub async fn fetch(&self, fetches: Vec<Fetch>) -> Result<Vec<Fetched>> {
-        let backend = self.backend.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                let backend = backend.lock().map_err(|_| poisoned())?;
-                let reader = BackendReader(&**backend);
-                fetches
-                    .into_iter()
-                    .map(|fetch| {
-                        fetch_blocking(&reader, fetch).map_err(|error| match error {
-                            ReadError::Storage { source, .. } => source,
-                            ReadError::Other { group, detail } => StorageError::Io {
-                                context: format!("fetching for group {group}"),
-                                kind: std::io::ErrorKind::Other,
-                                message: detail,
-                            },
-                        })
-                    })
-                    .collect()
-            })
-            .await
+        self.read(move |reader| {
+            fetches
+                .into_iter()
+                .map(|fetch| fetch_blocking(reader, fetch).map_err(storage_error))
+                .collect()
+        })
+        .await
     }
 }
 
 /// Reads a scan page in chunks, so a page of large values stops at its byte bound without
 /// having read (and held) every item the item bound would allow.
 fn scan_page(
-    backend: &dyn Backend,
+    reader: &dyn KvReader,
     group: GroupId,
     start: &[u8],
     end: &[u8],
@@ -165,7 +204,9 @@ fn scan_page(
     loop {
         // One more than still fits, to learn whether anything follows.
         let want = (items_max - page.len()).min(CHUNK_ITEMS) + 1;
-        let chunk = backend.kv_scan(group, &from, end, want)?;
+        let chunk = reader
+            .scan(group, &from, end, want)
+            .map_err(storage_error)?;
         let exhausted = chunk.len() < want;
         for (key, value) in chunk {
             let size = key.len() + value.len();

@@ -104,4 +104,30 @@ pub trait Backend: Send {
     fn release_write_buffers(&mut self) -> Result<()> {
         Ok(())
     }
+
+    /// A reader of this backend's kv data that may run on another thread while the backend
+    /// writes, or `None` where the engine has none (SQLite's connection and the memory engine
+    /// serve one caller at a time; their reads go through the backend itself).
+    fn concurrent_kv_reader(&self) -> Option<std::sync::Arc<dyn ConcurrentKvReader>> {
+        None
+    }
+}
+
+/// Reads kv data while its backend writes (see [`Backend::concurrent_kv_reader`]). Each call sees
+/// every write batch whole or not at all, and every batch whose write has returned; a batch being
+/// written may or may not be seen. The kv machine reads only what no unwritten batch of its
+/// group changes (see `crate::kv::fetch`), and a linearizable read may see state newer than its
+/// read point, so neither needs more.
+pub trait ConcurrentKvReader: Send + Sync {
+    /// As [`Backend::kv_get`].
+    fn kv_get(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>>;
+
+    /// As [`Backend::kv_scan`].
+    fn kv_scan(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Bytes, Bytes)>>;
 }

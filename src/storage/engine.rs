@@ -104,6 +104,12 @@ pub trait RawEngine: Send {
         Ok(())
     }
 
+    /// See [`super::Backend::concurrent_kv_reader`]: engines whose data can be read from another
+    /// thread during a write hand out a store over a second handle on it.
+    fn concurrent_kv_reader(&self) -> Option<std::sync::Arc<dyn super::ConcurrentKvReader>> {
+        None
+    }
+
     /// Replaces one stored value without any checksum handling, synced. For tests and repair
     /// tools that need to damage or patch a record; never used by the write path.
     fn raw_put(&mut self, space: Space, key: &[u8], value: &[u8]) -> Result<()> {

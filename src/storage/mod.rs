@@ -28,7 +28,7 @@ mod snapshot;
 mod sqlite;
 mod store;
 
-pub use backend::{Backend, RecoveryState};
+pub use backend::{Backend, ConcurrentKvReader, RecoveryState};
 pub use batch::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 pub use codec::decode_frames as decode_snapshot_data;
 pub use datadir::{DataDir, Engine, CORES_MAX, FORMAT_VERSION, METADATA_FILE};

@@ -37,6 +37,7 @@ use rocksdb::{
     Options, ReadOptions, WriteOptions, DB,
 };
 
+use super::backend::Backend;
 use super::engine::{RawBatch, RawEngine, RawOp, RawRangeView};
 use super::error::{Result, StorageError};
 use super::keys::Space;
@@ -209,6 +210,41 @@ fn family(db: &DB, space: Space) -> Result<&ColumnFamily> {
         .ok_or_else(|| StorageError::RocksDb(format!("column family {} missing", space.name())))
 }
 
+impl RocksEngine {
+    /// A second handle on the same database, for reads only (see
+    /// [`RocksEngine::concurrent_kv_reader`]).
+    fn shared_handle(&self) -> RocksEngine {
+        let mut sync_write = WriteOptions::default();
+        sync_write.set_sync(true);
+        let mut async_write = WriteOptions::default();
+        async_write.set_sync(false);
+        RocksEngine {
+            db: self.db.clone(),
+            sync_write,
+            async_write,
+        }
+    }
+}
+
+/// RocksDB reads from any thread while another writes: a read sees a write batch whole or not
+/// at all (it reads at one sequence number), so the core's fetches need not wait behind a
+/// synced write.
+impl super::ConcurrentKvReader for Store<RocksEngine> {
+    fn kv_get(&self, group: crate::raft::GroupId, key: &[u8]) -> Result<Option<bytes::Bytes>> {
+        Backend::kv_get(self, group, key)
+    }
+
+    fn kv_scan(
+        &self,
+        group: crate::raft::GroupId,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>> {
+        Backend::kv_scan(self, group, start, end, limit)
+    }
+}
+
 impl Store<RocksEngine> {
     /// Opens the RocksDB backend in directory `path`.
     pub fn open_rocksdb(path: &Path) -> Result<RocksDbBackend> {
@@ -254,6 +290,10 @@ impl RawEngine for RocksEngine {
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(self.db.get_cf(self.family(space)?, key)?)
+    }
+
+    fn concurrent_kv_reader(&self) -> Option<Arc<dyn super::ConcurrentKvReader>> {
+        Some(Arc::new(Store::new(self.shared_handle())))
     }
 
     /// Flushes each column family's memtable that holds at least `RELEASE_MEMTABLE_BYTES_MIN`

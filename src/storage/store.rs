@@ -586,4 +586,8 @@ impl<E: RawEngine> Backend for Store<E> {
     fn release_write_buffers(&mut self) -> Result<()> {
         self.engine.release_write_buffers()
     }
+
+    fn concurrent_kv_reader(&self) -> Option<std::sync::Arc<dyn super::ConcurrentKvReader>> {
+        self.engine.concurrent_kv_reader()
+    }
 }
