@@ -19,9 +19,11 @@
 //!   once when it is flushed, instead of a skiplist. Every put is inserted as a log entry on
 //!   every replica, and a skiplist insert into a 64 MiB memtable walks ~20 levels of cache and
 //!   TLB misses (memtable inserts were ~26% of a node's CPU at 256 clients); a vector insert is
-//!   an append. The log is read from storage only when a group is loaded (at open, after
-//!   RocksDB's recovery has flushed the replayed memtables) or created, so the sort a read of
-//!   a mutable vector memtable costs is paid almost never. Measured on the 2-core VM, 3 nodes,
+//!   an append. A node reads the log from storage only when it loads its groups at open, after
+//!   RocksDB's recovery has flushed the replayed memtables, so the copy-and-sort a read of a
+//!   mutable vector memtable costs is paid almost never. (A write to a group the store has not
+//!   loaded reads the log's last key, and would pay it: keep loading every group before
+//!   writing it, as the node does.) Measured on the 2-core VM, 3 nodes,
 //!   256 clients: 14,400-15,200 puts/s with a skiplist, 15,300-15,500 with the vector.
 //!   A vector memtable takes no concurrent inserts, so `allow_concurrent_memtable_write` is off;
 //!   each database has one writer at a time anyway (the core's storage writer).
