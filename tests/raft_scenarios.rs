@@ -880,6 +880,60 @@ fn losing_leadership_drops_a_pinned_image() {
 }
 
 #[test]
+fn a_stream_to_a_silent_follower_is_unpinned_and_restarts_when_it_answers() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        config.snapshot_chunk_bytes = 2;
+    });
+    cluster.elect(1);
+    cluster.down.insert(3);
+    for i in 0..6 {
+        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
+    }
+    cluster.settle();
+    let applied = cluster.nodes[&1].applied();
+    cluster.node(1).compact(applied).unwrap();
+    cluster.down.remove(&3);
+    cluster.tick_all(2);
+    assert!(cluster.unanswered.remove(&1), "asked for an image");
+    let image = cluster.image_of(1, data("image-of-node-1"));
+    cluster.node(1).provide_snapshot(image.clone()).unwrap();
+    assert!(cluster.nodes[&1].snapshot_pinned_bytes() > 0);
+    // Node 3 dies mid-stream. Within two election timeouts (the first may have heard from it)
+    // the leader unpins the image, keeps leading, and asks for no new one while 3 is silent.
+    cluster.queue.clear();
+    cluster.down.insert(3);
+    let election_ticks = config(1, None).election_ticks;
+    for _ in 0..2 * election_ticks {
+        cluster.tick_all(1);
+    }
+    assert!(cluster.nodes[&1].is_leader());
+    assert_eq!(
+        cluster.nodes[&1].snapshot_pinned_bytes(),
+        0,
+        "image unpinned"
+    );
+    let (_, _, state) = cluster.nodes[&1].progress_of(3).unwrap();
+    assert_eq!(state, ProgressState::Probe);
+    assert!(
+        !cluster.unanswered.contains(&1),
+        "no image wanted for a silent follower"
+    );
+    // Node 3 answers again: it is probed, found behind the log start, and streamed a fresh
+    // image to the end.
+    cluster.down.remove(&3);
+    cluster.tick_all(2);
+    assert!(cluster.unanswered.remove(&1), "asked for a fresh image");
+    cluster.node(1).provide_snapshot(image.clone()).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.installed[&3].last().unwrap(), &image);
+    assert_eq!(cluster.nodes[&1].snapshot_pinned_bytes(), 0, "stream over");
+    cluster.node(1).propose(data("after")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.applied_data(3), vec![data("after")]);
+}
+
+#[test]
 fn bad_input_is_an_error_not_a_panic() {
     let mut cluster = Cluster::new(3, |_| {});
     let wrong_group = Message {

@@ -41,7 +41,8 @@ pub struct Progress {
     /// Last index of each append in flight (Replicate only), oldest first.
     inflight: VecDeque<Index>,
     inflight_max: usize,
-    /// Heard from since the last check-quorum round.
+    /// Heard from since the last election-timeout boundary (check quorum and abandoned image
+    /// streams use it).
     pub recent_active: bool,
     /// Highest ReadIndex round this follower acknowledged.
     pub read_seq_acked: u64,
@@ -93,6 +94,14 @@ impl Progress {
         self.reset_state(ProgressState::Probe);
         self.next_index = self.match_index + 1;
         self.probe_sent = true;
+    }
+
+    /// The follower answered nothing for a whole election timeout while an image streamed to it:
+    /// unpin the image and probe again, paused until the follower answers a heartbeat (as for a
+    /// refused image, whose recovery path this is).
+    pub fn abandon_stream(&mut self) {
+        assert!(self.streaming.is_some(), "no stream to abandon");
+        self.snapshot_refused();
     }
 
     pub fn become_replicate(&mut self) {

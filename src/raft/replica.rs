@@ -581,9 +581,17 @@ impl Raft {
                     self.become_follower(term, NO_NODE);
                     return;
                 }
-                for progress in self.progress.values_mut() {
-                    progress.recent_active = false;
+            }
+            // An image streaming to a follower that answered nothing for a whole election
+            // timeout is unpinned (the leader keeps no other copy, so its memory is freed): the
+            // follower is probed again once it answers a heartbeat, and streamed a fresh image
+            // if it still needs one. A follower that died mid-stream held the image until the
+            // leadership changed.
+            for progress in self.progress.values_mut() {
+                if progress.streaming.is_some() && !progress.recent_active {
+                    progress.abandon_stream();
                 }
+                progress.recent_active = false;
             }
             self.transfer_target = NO_NODE;
         }
