@@ -1146,6 +1146,10 @@ impl Raft {
     /// that index. It is then pinned into every waiting follower's progress and streamed;
     /// otherwise it is dropped (`SnapshotRefused`) and a waiting follower asks again after its
     /// next heartbeat answer.
+    /// Contract: two images with the same meta are byte-identical, i.e. an image is a
+    /// deterministic encoding of the state machine at its index (the node's kv images and the
+    /// simulators' are). A follower tells streams apart by meta and offset only, so a chunk of
+    /// an abandoned or refused stream that arrives late lands in its successor at that offset.
     pub fn provide_snapshot(&mut self, snapshot: Snapshot) -> Result<(), RaftError> {
         if self.image_request == ImageRequest::Outstanding {
             self.image_request = ImageRequest::Idle;
