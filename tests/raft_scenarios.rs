@@ -934,6 +934,43 @@ fn a_stream_to_a_silent_follower_is_unpinned_and_restarts_when_it_answers() {
 }
 
 #[test]
+fn a_new_term_frees_a_follower_half_received_image() {
+    let mut cluster = Cluster::new(3, |config| {
+        config.append_bytes_max = 1 << 20;
+        config.snapshot_chunk_bytes = 2;
+    });
+    cluster.elect(1);
+    cluster.down.insert(3);
+    for i in 0..6 {
+        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
+    }
+    cluster.settle();
+    let applied = cluster.nodes[&1].applied();
+    cluster.node(1).compact(applied).unwrap();
+    cluster.down.remove(&3);
+    cluster.tick_all(2);
+    assert!(cluster.unanswered.remove(&1), "asked for an image");
+    let image = cluster.image_of(1, data("image-of-node-1"));
+    cluster.node(1).provide_snapshot(image).unwrap();
+    // Two chunks reach node 3; the stream stops there.
+    cluster.deliver_only(|_| true);
+    cluster.deliver_only(|_| true);
+    assert!(cluster.nodes[&3].incoming_snapshot_bytes() > 0);
+    cluster.queue.clear();
+    // Node 2 takes over (it holds the whole log: it streams nothing to node 3).
+    cluster.elect(2);
+    assert!(cluster.nodes[&2].is_leader());
+    assert_eq!(
+        cluster.nodes[&3].incoming_snapshot_bytes(),
+        0,
+        "the old term's half image is freed"
+    );
+    cluster.node(2).propose(data("after")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.applied_data(3).last(), Some(&data("after")));
+}
+
+#[test]
 fn bad_input_is_an_error_not_a_panic() {
     let mut cluster = Cluster::new(3, |_| {});
     let wrong_group = Message {

@@ -382,6 +382,10 @@ impl Raft {
             );
             self.term = term;
             self.vote = NO_NODE;
+            // A stream being reassembled came from an earlier term's leader, which streams no
+            // more of it (a new leader starts its own from the first byte): free it now rather
+            // than at the next chunk, which may never come.
+            self.incoming_snapshot = None;
         }
         self.leader = NO_NODE;
         self.heartbeat_elapsed = 0;
@@ -1213,6 +1217,13 @@ impl Raft {
         if self.image_request == ImageRequest::Outstanding {
             self.image_request = ImageRequest::Idle;
         }
+    }
+
+    /// Bytes of a snapshot image this follower has received and holds until the stream ends.
+    pub fn incoming_snapshot_bytes(&self) -> usize {
+        self.incoming_snapshot
+            .as_deref()
+            .map_or(0, |(_, buffer)| buffer.len())
     }
 
     /// Bytes of snapshot images pinned by streams to followers (each stream counted, though
