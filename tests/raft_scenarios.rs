@@ -851,8 +851,9 @@ fn a_lazy_image_is_asked_for_checked_streamed_and_dropped() {
     assert_eq!(cluster.applied_data(3), vec![data("after")]);
 }
 
-#[test]
-fn losing_leadership_drops_a_pinned_image() {
+/// Node 1 leads, node 3 returned behind node 1's log start, and node 1 asked for an image: the
+/// cluster (2-byte chunks) and the image to provide (nothing streamed yet).
+fn streaming_to_node_3() -> (Cluster, Snapshot) {
     let mut cluster = Cluster::new(3, |config| {
         config.append_bytes_max = 1 << 20;
         config.snapshot_chunk_bytes = 2;
@@ -869,6 +870,12 @@ fn losing_leadership_drops_a_pinned_image() {
     cluster.tick_all(2);
     assert!(cluster.unanswered.remove(&1), "asked for an image");
     let image = cluster.image_of(1, data("image-of-node-1"));
+    (cluster, image)
+}
+
+#[test]
+fn losing_leadership_drops_a_pinned_image() {
+    let (mut cluster, image) = streaming_to_node_3();
     cluster.node(1).provide_snapshot(image).unwrap();
     assert!(cluster.nodes[&1].snapshot_pinned_bytes() > 0);
     // Node 2 takes over before the stream ends: node 1's pinned image goes with its leadership.
@@ -881,22 +888,7 @@ fn losing_leadership_drops_a_pinned_image() {
 
 #[test]
 fn a_stream_to_a_silent_follower_is_unpinned_and_restarts_when_it_answers() {
-    let mut cluster = Cluster::new(3, |config| {
-        config.append_bytes_max = 1 << 20;
-        config.snapshot_chunk_bytes = 2;
-    });
-    cluster.elect(1);
-    cluster.down.insert(3);
-    for i in 0..6 {
-        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
-    }
-    cluster.settle();
-    let applied = cluster.nodes[&1].applied();
-    cluster.node(1).compact(applied).unwrap();
-    cluster.down.remove(&3);
-    cluster.tick_all(2);
-    assert!(cluster.unanswered.remove(&1), "asked for an image");
-    let image = cluster.image_of(1, data("image-of-node-1"));
+    let (mut cluster, image) = streaming_to_node_3();
     cluster.node(1).provide_snapshot(image.clone()).unwrap();
     assert!(cluster.nodes[&1].snapshot_pinned_bytes() > 0);
     // Node 3 dies mid-stream. Within two election timeouts (the first may have heard from it)
@@ -935,22 +927,7 @@ fn a_stream_to_a_silent_follower_is_unpinned_and_restarts_when_it_answers() {
 
 #[test]
 fn a_new_term_frees_a_follower_half_received_image() {
-    let mut cluster = Cluster::new(3, |config| {
-        config.append_bytes_max = 1 << 20;
-        config.snapshot_chunk_bytes = 2;
-    });
-    cluster.elect(1);
-    cluster.down.insert(3);
-    for i in 0..6 {
-        cluster.node(1).propose(data(&format!("e{i}"))).unwrap();
-    }
-    cluster.settle();
-    let applied = cluster.nodes[&1].applied();
-    cluster.node(1).compact(applied).unwrap();
-    cluster.down.remove(&3);
-    cluster.tick_all(2);
-    assert!(cluster.unanswered.remove(&1), "asked for an image");
-    let image = cluster.image_of(1, data("image-of-node-1"));
+    let (mut cluster, image) = streaming_to_node_3();
     cluster.node(1).provide_snapshot(image).unwrap();
     // Two chunks reach node 3; the stream stops there.
     cluster.deliver_only(|_| true);
