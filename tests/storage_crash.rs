@@ -20,13 +20,18 @@ const GROUPS: [u64; 4] = [3, 17, 1_000, 65_537];
 const CHILD_ENGINE: &str = "KAHUNA_CRASH_CHILD_ENGINE";
 const CHILD_DIR: &str = "KAHUNA_CRASH_CHILD_DIR";
 const COMPACT_EVERY: u64 = 64;
+/// The child releases its write buffers every this many batches, as an idle core does: on
+/// RocksDB a flush (the log's memtable then holds over 256 KiB), a WAL switch and zeros
+/// written past the end of every WAL file, so kills land before, during and after them.
+const RELEASE_EVERY: u64 = 40;
 
 fn engine(name: &str) -> Engine {
     Engine::parse(name).expect("engine name")
 }
 
-/// As a node opens it: RocksDB starts writing into a recycled, preallocated WAL, so the crashes
-/// below hit synced writes into a file that already holds older (filler) records.
+/// As a node opens it: RocksDB's WAL files are written out with zeros ahead of its appends (see
+/// `RELEASE_EVERY`), so the crashes below hit synced writes into files that hold zeros, or
+/// older records, past the last write.
 fn open(dir: &Path, engine: Engine) -> Box<dyn Backend> {
     DataDir::open(dir, 1, engine)
         .unwrap()
@@ -45,7 +50,7 @@ fn number(backend: &dyn Backend, group: u64, key: &str) -> u64 {
 }
 
 fn entry_data(group: u64, index: u64) -> Bytes {
-    Bytes::from(format!("g{group}-e{index}-{}", "x".repeat(200)))
+    Bytes::from(format!("g{group}-e{index}-{}", "x".repeat(2_000)))
 }
 
 /// Everything the parent checks about one group after a crash; returns the last index.
@@ -168,6 +173,9 @@ fn crash_child() {
         }
         backend.write(&batch).unwrap();
         println!("ack {next}");
+        if next % RELEASE_EVERY == 0 {
+            backend.release_write_buffers().unwrap();
+        }
         next += 1;
     }
 }

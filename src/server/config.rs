@@ -14,8 +14,8 @@ pub const DEFAULT_PEER_PORT: u16 = 7500;
 pub const DEFAULT_PARTITIONS: u64 = 64;
 pub const PARTITIONS_MAX: u64 = 1 << 20;
 pub const CORES_MAX: usize = 256;
-/// The WAL a new core database starts with (MiB): as large as one memtable's filler allows;
-/// under load RocksDB then recycles full-size files by itself.
+/// The size (MiB) a core database's WAL files are written out to, at open and after an idle
+/// flush (see `storage::wal_size`); under load RocksDB retires files larger than this.
 pub const WAL_PREALLOCATE_MB_DEFAULT: usize = 48;
 pub const WAL_PREALLOCATE_MB_MAX: usize = crate::storage::WAL_PREALLOCATE_BYTES_MAX >> 20;
 
@@ -48,7 +48,7 @@ pub struct NodeConfig {
     pub metrics_addr: Option<String>,
     /// Compact a group's log once it holds this many entries (bounds memory per group).
     pub compact_after: usize,
-    /// RocksDB: MiB of WAL a core's database starts with when created (0: none); see
+    /// RocksDB: MiB each WAL file of a core's database is written out to (0: none); see
     /// `RocksEngine::open_preallocated`.
     pub wal_preallocate_mb: usize,
 }

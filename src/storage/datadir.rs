@@ -124,7 +124,7 @@ pub struct DataDir {
     path: PathBuf,
     cores: usize,
     engine: Engine,
-    /// RocksDB: the WAL a core's database starts with when it is created (see
+    /// RocksDB: the size each WAL file of a core's database is written out to (see
     /// [`crate::storage::rocks::RocksEngine::open_preallocated`]); 0 for none.
     wal_preallocate_bytes: usize,
 }
@@ -258,7 +258,8 @@ impl DataDir {
         self.cores
     }
 
-    /// Cores whose RocksDB database is created from now on start with a WAL of `bytes`.
+    /// Cores whose RocksDB database is opened from now on keep their WAL files written out to
+    /// `bytes`.
     pub fn with_wal_preallocation(mut self, bytes: usize) -> DataDir {
         self.wal_preallocate_bytes = bytes;
         self

@@ -27,6 +27,7 @@ mod rocks;
 mod snapshot;
 mod sqlite;
 mod store;
+mod wal_size;
 
 pub use backend::{Backend, ConcurrentKvReader, RecoveryState};
 pub use batch::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
@@ -40,3 +41,4 @@ pub use rocks::{RocksDbBackend, RocksEngine, WAL_PREALLOCATE_BYTES_MAX};
 pub use snapshot::KvSnapshotReader;
 pub use sqlite::{SqliteBackend, SqliteEngine};
 pub use store::Store;
+pub use wal_size::WAL_FILL_BYTE;

@@ -4,12 +4,12 @@
 //! Option choices (why):
 //! - `recycle_log_file_num = 4`: WAL files are reused instead of created and grown, so the
 //!   fdatasync of a synced batch does not also pay for file-size metadata (on this machine kind
-//!   0.14 ms for a preallocated file versus 3.4 ms for a growing one).
-//!   A recycled file is only as large as its last use left it, so a new database starts with
-//!   one: `open_preallocated` writes (and deletes) filler until the WAL is that large, then
-//!   switches to a new WAL, which reuses it (see `preallocate_wal`).
+//!   0.14 ms for a preallocated file versus 3.4 ms for a growing one). RocksDB truncates a
+//!   WAL it retires to what was written in it, so recycling alone leaves small files after an
+//!   early switch; `wal_size` writes WAL files out (with filler) ahead of the appends.
 //! - `manual_wal_flush = false`: every write reaches the WAL file at once; a synced write is one
-//!   write plus one fdatasync (`use_fsync = false`).
+//!   write plus one fdatasync (`use_fsync = false`). The WAL sizer relies on it: when a write
+//!   returns, nothing of it waits in a buffer.
 //! - `wal_recovery_mode = PointInTime`: after a crash the WAL is replayed up to the last intact
 //!   record; a torn, never-synced tail is dropped, and synced writes are never lost.
 //! - `paranoid_checks` (default on) and block checksums catch damage under RocksDB's own formats;
@@ -44,18 +44,16 @@ use super::engine::{RawBatch, RawEngine, RawOp, RawRangeView};
 use super::error::{Result, StorageError};
 use super::keys::Space;
 use super::store::Store;
+use super::wal_size;
 
-/// The key of the filler `preallocate_wal` writes: in the state space, under the reserved
-/// group's prefix, so no group's range ever holds it.
+/// The key of the filler that databases created before the WAL sizer (see `wal_size`) wrote
+/// to preallocate their first WAL: in the state space, under the reserved group's prefix, so no
+/// group's range ever holds it. A crash during that preallocation left it in the WAL; an open
+/// removes it.
 const WAL_FILLER_KEY: &[u8] = b"\xff\xff\xff\xff\xff\xff\xff\xffwal-filler";
-/// Bytes per filler write.
-const WAL_FILLER_CHUNK: usize = 1 << 20;
-/// The largest WAL `open_preallocated` makes: the filler must fit in one memtable (64 MiB, the
-/// default write buffer), or a memtable switch would start a new WAL half-way.
+/// The largest WAL size target (`open_preallocated`): RocksDB switches to a new WAL when a
+/// memtable fills (64 MiB, the default write buffer), so a WAL rarely holds much more.
 pub const WAL_PREALLOCATE_BYTES_MAX: usize = 48 << 20;
-/// WAL switches `preallocate_wal` tries before giving up: the filled file joins the recycle
-/// list when RocksDB purges it after a flush, which may run on a background thread.
-const WAL_PREALLOCATE_ATTEMPTS: usize = 20;
 
 /// A memtable smaller than this is not flushed by `release_write_buffers`.
 const RELEASE_MEMTABLE_BYTES_MIN: u64 = 256 << 10;
@@ -71,6 +69,9 @@ pub struct RocksEngine {
     db: Arc<DB>,
     sync_write: WriteOptions,
     async_write: WriteOptions,
+    /// Bytes each WAL file is written out to (see `wal_size`); 0 for none, and for a handle
+    /// that only reads.
+    wal_target: u64,
 }
 
 /// The default backend: [`Store`] over RocksDB.
@@ -80,6 +81,8 @@ fn options() -> Options {
     let mut options = Options::default();
     options.create_if_missing(true);
     options.create_missing_column_families(true);
+    // Also what makes the WAL filler read as the end of a file (see `wal_size`), which also
+    // needs WAL tracking (`track_and_verify_wals`) off, as it is by default.
     options.set_recycle_log_file_num(4);
     options.set_manual_wal_flush(false);
     options.set_use_fsync(false);
@@ -111,50 +114,62 @@ impl RocksEngine {
         Self::open_preallocated(path, 0)
     }
 
-    /// As [`RocksEngine::open`]; a database created by this call starts writing into a WAL file
-    /// of `wal_bytes` (0: none; at most [`WAL_PREALLOCATE_BYTES_MAX`]), so that its first synced writes do not grow the file (each
-    /// growth makes fdatasync write the inode too: 0.11 ms per sync here instead of 0.07).
+    /// As [`RocksEngine::open`], keeping the live WAL file written out to `wal_bytes` (0: not
+    /// at all; at most [`WAL_PREALLOCATE_BYTES_MAX`]) ahead of RocksDB's appends, from the open
+    /// on, so synced writes do not grow the file (see `wal_size`).
     pub fn open_preallocated(path: &Path, wal_bytes: usize) -> Result<RocksEngine> {
-        let created = !path.join("CURRENT").exists();
+        assert!(
+            wal_bytes <= WAL_PREALLOCATE_BYTES_MAX,
+            "WAL size target of {wal_bytes} bytes above {WAL_PREALLOCATE_BYTES_MAX}"
+        );
         let options = options();
         let families = Space::ALL.map(|space| {
             ColumnFamilyDescriptor::new(space.name(), family_options(space, &options))
         });
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        // A crash while preallocating leaves filler in the WAL, replayed at the next open.
+        // Databases made before the sizer preallocated with filler; a crash while doing so
+        // left some in the WAL, replayed at this open.
         let state = family(&db, Space::State)?;
         if db.get_pinned_cf(state, WAL_FILLER_KEY)?.is_some() {
             db.delete_cf(state, WAL_FILLER_KEY)?;
-        }
-        if created && wal_bytes > 0 {
-            // Best effort: a database without it works, only its first WAL file grows.
-            match preallocate_wal(&db, path, wal_bytes.min(WAL_PREALLOCATE_BYTES_MAX)) {
-                Ok(true) => {}
-                Ok(false) => eprintln!(
-                    "kahuna: {}: the WAL was not preallocated (RocksDB did not recycle the filled \
-                     file in time); synced writes grow the first WAL file",
-                    path.display()
-                ),
-                Err(error) => eprintln!(
-                    "kahuna: {}: preallocating the WAL failed ({error}); synced writes grow the \
-                     first WAL file",
-                    path.display()
-                ),
-            }
         }
         let mut sync_write = WriteOptions::default();
         sync_write.set_sync(true);
         let mut async_write = WriteOptions::default();
         async_write.set_sync(false);
-        Ok(RocksEngine {
+        let engine = RocksEngine {
             db: Arc::new(db),
             sync_write,
             async_write,
-        })
+            wal_target: wal_bytes as u64,
+        };
+        engine.write_out_wals();
+        Ok(engine)
     }
 
     fn family(&self, space: Space) -> Result<&ColumnFamily> {
         family(&self.db, space)
+    }
+
+    /// Writes out every WAL file to the target (see `wal_size`). Called only where RocksDB
+    /// writes nothing meanwhile: at open, and from calls that hold the engine exclusively.
+    /// Best effort: a WAL that is not written out only makes synced writes slower.
+    fn write_out_wals(&self) {
+        if self.wal_target == 0 {
+            return;
+        }
+        // RocksDB's recovery from a background error may write the WAL on its own thread.
+        match self.db.property_int_value("rocksdb.background-errors") {
+            Ok(Some(0)) => {}
+            _ => return,
+        }
+        if let Err(error) = wal_size::write_out_wals(self.db.path(), self.wal_target) {
+            eprintln!(
+                "kahuna: {}: writing out the WAL files failed ({error}); synced writes grow \
+                 them",
+                self.db.path().display()
+            );
+        }
     }
 
     fn iterator_options(start: &[u8], end: &[u8]) -> ReadOptions {
@@ -163,48 +178,6 @@ impl RocksEngine {
         options.set_iterate_upper_bound(end.to_vec());
         options
     }
-}
-
-/// Makes the live WAL a recycled file of at least `bytes`: fills the current WAL with filler
-/// (written, then deleted), flushes so RocksDB switches to a new WAL and recycles the filled
-/// one, and switches again (a tiny write and a flush) until the live WAL is the filled file.
-/// Returns whether it is. `bytes` must stay below the write buffer size (64 MiB by default):
-/// a full memtable switches the WAL, which would split the filler over two files.
-fn preallocate_wal(db: &DB, path: &Path, bytes: usize) -> Result<bool> {
-    assert!(
-        bytes <= WAL_PREALLOCATE_BYTES_MAX,
-        "WAL preallocation of {bytes} bytes above {WAL_PREALLOCATE_BYTES_MAX}"
-    );
-    let state = family(db, Space::State)?;
-    let chunk = vec![0u8; WAL_FILLER_CHUNK];
-    for _ in 0..bytes.div_ceil(WAL_FILLER_CHUNK) {
-        db.put_cf(state, WAL_FILLER_KEY, &chunk)?;
-    }
-    db.delete_cf(state, WAL_FILLER_KEY)?;
-    for _ in 0..WAL_PREALLOCATE_ATTEMPTS {
-        db.flush_cf(state)?;
-        if live_wal_bytes(path) >= bytes as u64 {
-            return Ok(true);
-        }
-        db.put_cf(state, WAL_FILLER_KEY, b"")?;
-        db.delete_cf(state, WAL_FILLER_KEY)?;
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
-    Ok(false)
-}
-
-/// The size of the newest WAL file in `path` (WAL numbers grow; names are zero-padded), 0 if
-/// none can be read.
-fn live_wal_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else {
-        return 0;
-    };
-    entries
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".log"))
-        .max_by_key(|entry| entry.file_name())
-        .and_then(|entry| entry.metadata().ok())
-        .map_or(0, |metadata| metadata.len())
 }
 
 fn family(db: &DB, space: Space) -> Result<&ColumnFamily> {
@@ -224,6 +197,7 @@ impl RocksEngine {
             db: self.db.clone(),
             sync_write,
             async_write,
+            wal_target: 0,
         }
     }
 }
@@ -313,6 +287,9 @@ impl RawEngine for RocksEngine {
                 self.db.flush_cf(family)?;
             }
         }
+        // A flush switches to another WAL file, often a small one, and retires the last one
+        // small (see `wal_size`).
+        self.write_out_wals();
         Ok(())
     }
 
