@@ -21,8 +21,9 @@ const CHILD_ENGINE: &str = "KAHUNA_CRASH_CHILD_ENGINE";
 const CHILD_DIR: &str = "KAHUNA_CRASH_CHILD_DIR";
 const COMPACT_EVERY: u64 = 64;
 /// The child releases its write buffers every this many batches, as an idle core does: on
-/// RocksDB a flush (the log's memtable then holds over 256 KiB), a WAL switch and zeros
-/// written past the end of every WAL file, so kills land before, during and after them.
+/// RocksDB a flush (the log's memtable then holds over 256 KiB), a WAL switch and filler
+/// written past the end of every WAL file, so the later rounds kill the child after releases
+/// and recover WALs that hold filler past their last record.
 const RELEASE_EVERY: u64 = 40;
 
 fn engine(name: &str) -> Engine {
