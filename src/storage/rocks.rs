@@ -114,9 +114,9 @@ impl RocksEngine {
         Self::open_preallocated(path, 0)
     }
 
-    /// As [`RocksEngine::open`], keeping the live WAL file written out to `wal_bytes` (0: not
-    /// at all; at most [`WAL_PREALLOCATE_BYTES_MAX`]) ahead of RocksDB's appends, from the open
-    /// on, so synced writes do not grow the file (see `wal_size`).
+    /// As [`RocksEngine::open`], writing every WAL file out to `wal_bytes` (0: not at all; at
+    /// most [`WAL_PREALLOCATE_BYTES_MAX`]) now and after each `release_write_buffers`, so
+    /// synced writes do not grow the file (see `wal_size`).
     pub fn open_preallocated(path: &Path, wal_bytes: usize) -> Result<RocksEngine> {
         assert!(
             wal_bytes <= WAL_PREALLOCATE_BYTES_MAX,
