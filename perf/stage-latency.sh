@@ -6,7 +6,8 @@
 #
 #   perf/stage-latency.sh [CLIENTS] [DURATION]     (default 64 clients, 10s)
 #
-# Stages: queue (proposal -> its batch), batch size, storage write+sync, replication (appends
+# Stages: queue (proposal -> its batch), batch size, storage write+sync (and its split into the
+# engine's write+sync and the blocking-pool hand-off), replication (appends
 # sent -> commit known), follower (appends received -> durable ack sent), apply (client
 # answered from the in-memory apply -> apply batch written), and the whole request.
 set -euo pipefail
@@ -54,6 +55,8 @@ def quantile(cum, q):
 rows = [("queue (proposal -> batch)", "kahuna_write_queue_seconds", 1e6, "us"),
         ("batch size", "kahuna_write_batch_entries", 1, "entries"),
         ("storage write + sync", "kahuna_storage_write_seconds", 1e6, "us"),
+        ("  of which engine (write+sync)", "kahuna_storage_engine_seconds", 1e6, "us"),
+        ("  of which pool hand-off", "kahuna_storage_handoff_seconds", 1e6, "us"),
         ("replication (sent -> commit)", "kahuna_write_replication_seconds", 1e6, "us"),
         ("follower (received -> acked)", "kahuna_follower_ack_seconds", 1e6, "us"),
         ("apply (answered -> written)", "kahuna_write_apply_seconds", 1e6, "us"),

@@ -79,6 +79,8 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         "kahuna_write_queue_seconds",
         "kahuna_write_batch_entries",
         "kahuna_storage_write_seconds",
+        "kahuna_storage_engine_seconds",
+        "kahuna_storage_handoff_seconds",
         "kahuna_write_replication_seconds",
         "kahuna_write_apply_seconds",
     ] {
@@ -103,4 +105,15 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         Some(1.0),
         "{text}"
     );
+    // Every write is split into the engine's part and the hand-off: one sample of each.
+    let writes = sample(&text, "kahuna_storage_write_seconds_count{core=\"0\"}");
+    for part in ["engine", "handoff"] {
+        let name = format!("kahuna_storage_{part}_seconds_count{{core=\"0\"}}");
+        assert_eq!(sample(&text, &name), writes, "{name}:\n{text}");
+    }
+    // The parts are no longer than the whole (sums in seconds; rounding aside).
+    let sum = |name: &str| sample(&text, &format!("{name}_sum{{core=\"0\"}}")).unwrap();
+    let whole = sum("kahuna_storage_write_seconds");
+    let parts = sum("kahuna_storage_engine_seconds") + sum("kahuna_storage_handoff_seconds");
+    assert!((parts - whole).abs() <= 1e-3 + whole * 0.01, "{parts} vs {whole}");
 }

@@ -51,7 +51,7 @@ type Stage = (
     Unit,
 );
 
-const STAGES: [Stage; 6] = [
+const STAGES: [Stage; 8] = [
     (
         "kahuna_write_queue_seconds",
         "Time from a client's proposal to the storage batch that carries it.",
@@ -68,6 +68,18 @@ const STAGES: [Stage; 6] = [
         "kahuna_storage_write_seconds",
         "One batch's storage write and sync, as the core waits for it.",
         |m| m.storage_write_us.snapshot(),
+        Unit::MicrosAsSeconds,
+    ),
+    (
+        "kahuna_storage_engine_seconds",
+        "The storage engine's write and sync of one batch, on the blocking pool thread.",
+        |m| m.storage_engine_us.snapshot(),
+        Unit::MicrosAsSeconds,
+    ),
+    (
+        "kahuna_storage_handoff_seconds",
+        "One batch's storage write less the engine's part: the hops to a blocking pool thread and back.",
+        |m| m.storage_handoff_us.snapshot(),
         Unit::MicrosAsSeconds,
     ),
     (

@@ -334,15 +334,19 @@ async fn write_batches(
             let writing = Instant::now();
             let written = state.storage.write(batch.write).await;
             state.written_since_release.set(Some(Instant::now()));
-            crate::metrics::core(state.core).storage_written(writing.elapsed());
-            if let Err(error) = written {
-                // A failed write leaves the log in an unknown state: stop serving rather than
-                // acknowledge anything that may not be durable.
-                eprintln!(
-                    "kahuna: core {}: storage write failed, stopping the node: {error}",
-                    state.core
-                );
-                std::process::exit(70);
+            match written {
+                Ok(engine) => {
+                    crate::metrics::core(state.core).storage_written(writing.elapsed(), engine)
+                }
+                Err(error) => {
+                    // A failed write leaves the log in an unknown state: stop serving rather than
+                    // acknowledge anything that may not be durable.
+                    eprintln!(
+                        "kahuna: core {}: storage write failed, stopping the node: {error}",
+                        state.core
+                    );
+                    std::process::exit(70);
+                }
             }
         }
         let after = state.shard.borrow_mut().persisted(batch.token);

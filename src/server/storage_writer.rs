@@ -8,6 +8,7 @@
 //! that long. Scans and images stay behind the lock (each must show one state).
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -99,11 +100,18 @@ impl StorageWriter {
         }
     }
 
-    /// Writes (and, if the batch asks, syncs) one batch without blocking the reactor.
-    pub async fn write(&self, batch: WriteBatch) -> Result<()> {
+    /// Writes (and, if the batch asks, syncs) one batch without blocking the reactor. Returns
+    /// how long the backend's write took on the blocking pool: the caller's wait less that is
+    /// the cost of the hand-off (to a pool thread and back to the reactor), which the
+    /// write-path metrics report apart from the engine's write and sync.
+    pub async fn write(&self, batch: WriteBatch) -> Result<Duration> {
         let backend = self.backend.clone();
         glommio::executor()
-            .spawn_blocking(move || backend.lock().map_err(|_| poisoned())?.write(&batch))
+            .spawn_blocking(move || {
+                let started = Instant::now();
+                backend.lock().map_err(|_| poisoned())?.write(&batch)?;
+                Ok(started.elapsed())
+            })
             .await
     }
 
