@@ -115,5 +115,8 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
     let sum = |name: &str| sample(&text, &format!("{name}_sum{{core=\"0\"}}")).unwrap();
     let whole = sum("kahuna_storage_write_seconds");
     let parts = sum("kahuna_storage_engine_seconds") + sum("kahuna_storage_handoff_seconds");
-    assert!((parts - whole).abs() <= 1e-3 + whole * 0.01, "{parts} vs {whole}");
+    assert!(
+        (parts - whole).abs() <= 1e-3 + whole * 0.01,
+        "{parts} vs {whole}"
+    );
 }

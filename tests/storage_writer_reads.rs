@@ -203,3 +203,45 @@ fn only_rocksdb_offers_a_concurrent_reader() {
         .concurrent_kv_reader()
         .is_none());
 }
+
+/// Writes `a = 1`, then `a = 2` with fetches of `a` and of the absent `b` riding along in the
+/// same trip to the blocking pool. Returns what the fetches saw and `a` after.
+fn fetches_riding_with_a_write<B: Backend + 'static>(
+    mut backend: B,
+) -> (Vec<(Bytes, Option<Bytes>)>, Option<Bytes>) {
+    backend.write(&put(1, b"a", b"1")).unwrap();
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let writer = StorageWriter::new(Box::new(backend));
+            let (_engine, fetched) = writer
+                .write_and_fetch(put(2, b"a", b"2"), vec![fetch(b"a"), fetch(b"b")])
+                .await
+                .unwrap();
+            assert_eq!(fetched.len(), 2, "one answer per fetch, in order");
+            let values = fetched.into_iter().flat_map(|f| f.values).collect();
+            let after = writer.get(GROUP, Bytes::from_static(b"a")).await.unwrap();
+            (values, after)
+        })
+        .unwrap();
+    executor.join().unwrap()
+}
+
+/// Fetches that ride with a write are read just before it: they see the state the write
+/// starts from (what a fetch beside the write may see too), and the write lands.
+#[test]
+fn fetches_riding_with_a_write_read_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
+    let sqlite = SqliteBackend::open_sqlite(&dir.path().join("db.sqlite")).unwrap();
+    let expected = vec![
+        (Bytes::from_static(b"a"), Some(Bytes::from("1"))),
+        (Bytes::from_static(b"b"), None),
+    ];
+    for (values, after) in [
+        fetches_riding_with_a_write(rocks),
+        fetches_riding_with_a_write(sqlite),
+    ] {
+        assert_eq!(values, expected);
+        assert_eq!(after, Some(Bytes::from("2")));
+    }
+}

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::storage_writer::StorageWriter;
-use crate::kv::{Completion, KvMachine, Outcome};
+use crate::kv::{Completion, Fetch, Fetched, KvMachine, Outcome};
 use crate::raft::{GroupId, Index, NodeId, RaftError, Role, Snapshot, Term};
 use crate::shard::{Shard, ShardBatch, ShardError};
 use crate::transport::PeerTransport;
@@ -241,7 +241,14 @@ pub async fn run_loop(
                     .collect(true)
                     .map(|batch| (batch, shard.state_machine_mut().take_completions()))
             };
-            start_fetches(&state);
+            // Fetches taken here ride with this collect's batch when it is written now and no
+            // other write is ahead of it (one trip to the blocking pool for both, and the values
+            // come back after one sync); otherwise they go on their own: under load a write
+            // waits behind another, and an apply waiting for its values would wait for both.
+            let mut fetches = state.shard.borrow_mut().state_machine_mut().take_fetches();
+            if collected.is_none() {
+                start_fetches(&state, std::mem::take(&mut fetches));
+            }
             if let Some((mut batch, completions)) = collected {
                 worked = true;
                 let received = state.received_at.take();
@@ -263,7 +270,13 @@ pub async fn run_loop(
                 };
                 if batch.applies_only() && state.reads.borrow().is_empty() {
                     held = Some((batch, received, hold_until));
-                } else if !to_writer(&pipe, &in_flight, batch, received).await {
+                    start_fetches(&state, fetches);
+                } else if batch.write.is_empty() || in_flight.get() > 0 {
+                    start_fetches(&state, fetches);
+                    if !to_writer(&pipe, &in_flight, batch, received, Vec::new()).await {
+                        return;
+                    }
+                } else if !to_writer(&pipe, &in_flight, batch, received, fetches).await {
                     return;
                 }
             }
@@ -275,7 +288,7 @@ pub async fn run_loop(
         }) && in_flight.get() < PIPELINE_DEPTH
         {
             let (batch, received, _) = held.take().expect("checked above");
-            if !to_writer(&pipe, &in_flight, batch, received).await {
+            if !to_writer(&pipe, &in_flight, batch, received, Vec::new()).await {
                 return;
             }
             continue;
@@ -303,17 +316,27 @@ pub async fn run_loop(
     }
 }
 
-/// Hands a collected batch to the writer task, counting it in flight. False once the writer
-/// is gone (the core is stopping).
+/// What the loop hands the writer: a collected batch, when its oldest peer frame arrived (for
+/// the follower-acknowledgement metric), and the state machine's fetches taken with it, read
+/// in the write's own trip to the blocking pool (see `StorageWriter::write_and_fetch`).
+type Collected = (ShardBatch, Option<Instant>, Vec<Fetch>);
+
+/// Hands a collected batch (and fetches to read with it) to the writer task, counting it in
+/// flight. False once the writer is gone (the core is stopping).
 async fn to_writer(
-    pipe: &LocalSender<(ShardBatch, Option<Instant>)>,
+    pipe: &LocalSender<Collected>,
     in_flight: &Cell<usize>,
     batch: ShardBatch,
     received: Option<Instant>,
+    fetches: Vec<Fetch>,
 ) -> bool {
     in_flight.set(in_flight.get() + 1);
     assert!(in_flight.get() <= PIPELINE_DEPTH);
-    pipe.send((batch, received)).await.is_ok()
+    assert!(
+        fetches.is_empty() || !batch.write.is_empty(),
+        "fetches ride only with a batch that is written"
+    );
+    pipe.send((batch, received, fetches)).await.is_ok()
 }
 
 /// The writer: writes each collected batch in order (one atomic write, one sync), then releases
@@ -321,28 +344,30 @@ async fn to_writer(
 /// storage.
 async fn write_batches(
     state: Rc<CoreState>,
-    collected: LocalReceiver<(ShardBatch, Option<Instant>)>,
+    collected: LocalReceiver<Collected>,
     in_flight: Rc<Cell<usize>>,
 ) {
     // Reads confirmed by a quorum but not yet applied and written locally: (context, group,
     // index).
     let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
-    while let Some((batch, received)) = collected.recv().await {
+    while let Some((batch, received, fetches)) = collected.recv().await {
         // Nothing to write: every earlier batch is written first (this task writes them in
         // order), so this one is as durable as they are, without a sync.
         if !batch.write.is_empty() {
             let writing = Instant::now();
-            let written = state.storage.write(batch.write).await;
+            let written = state.storage.write_and_fetch(batch.write, fetches).await;
             state.written_since_release.set(Some(Instant::now()));
             match written {
-                Ok(engine) => {
-                    crate::metrics::core(state.core).storage_written(writing.elapsed(), engine)
+                Ok((engine, fetched)) => {
+                    crate::metrics::core(state.core).storage_written(writing.elapsed(), engine);
+                    fill_fetched(&state, fetched);
                 }
                 Err(error) => {
                     // A failed write leaves the log in an unknown state: stop serving rather than
-                    // acknowledge anything that may not be durable.
+                    // acknowledge anything that may not be durable. (A failed read riding with
+                    // it stops the node too, as in `start_fetches`.)
                     eprintln!(
-                        "kahuna: core {}: storage write failed, stopping the node: {error}",
+                        "kahuna: core {}: storage write or read failed, stopping the node: {error}",
                         state.core
                     );
                     std::process::exit(70);
@@ -384,26 +409,17 @@ async fn write_batches(
 }
 
 /// Reads the state machine asked for while collecting (keys not in its cache, session tables)
-/// on the blocking pool; the groups waiting for them resume at a later collect. At most one
-/// fetch per group is out at a time (the machine's rule), so the tasks here are bounded by the
-/// groups of the core.
-fn start_fetches(state: &Rc<CoreState>) {
-    let fetches = state.shard.borrow_mut().state_machine_mut().take_fetches();
+/// on the blocking pool, when no written batch carries them (see `to_writer`); the groups
+/// waiting for them resume at a later collect. At most one fetch per group is out at a time
+/// (the machine's rule), so the tasks here are bounded by the groups of the core.
+fn start_fetches(state: &Rc<CoreState>, fetches: Vec<Fetch>) {
     if fetches.is_empty() {
         return;
     }
     let state = state.clone();
     glommio::spawn_local(async move {
         match state.storage.fetch(fetches).await {
-            Ok(fetched) => {
-                let mut shard = state.shard.borrow_mut();
-                for answer in fetched {
-                    let group = shard.state_machine_mut().fill(answer);
-                    shard.resume_apply(group);
-                }
-                drop(shard);
-                state.ring();
-            }
+            Ok(fetched) => fill_fetched(&state, fetched),
             Err(error) => {
                 // The committed entries cannot be applied without these reads; a replica that
                 // skipped them would diverge. Stop, as for a failed write.
@@ -416,6 +432,21 @@ fn start_fetches(state: &Rc<CoreState>) {
         }
     })
     .detach();
+}
+
+/// Hands fetched values to the state machine and wakes the loop: the groups that waited for
+/// them may apply at the next collect.
+fn fill_fetched(state: &CoreState, fetched: Vec<Fetched>) {
+    if fetched.is_empty() {
+        return;
+    }
+    let mut shard = state.shard.borrow_mut();
+    for answer in fetched {
+        let group = shard.state_machine_mut().fill(answer);
+        shard.resume_apply(group);
+    }
+    drop(shard);
+    state.ring();
 }
 
 /// A core whose storage saw no write for this long releases its write buffers.
