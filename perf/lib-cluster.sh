@@ -18,10 +18,14 @@ kahuna_metrics() { echo "127.0.0.1:$((BASE + 10 + $1 - 1))"; }
 kahuna_endpoints() { echo "$(kahuna_client 1),$(kahuna_client 2),$(kahuna_client 3)"; }
 
 # start_kahuna PARTITIONS [extra serve flags...]
+# KAHUNA_PIN="0 1 0" pins node n (one core each) to the n-th CPU of the list, its reactor and
+# its blocking pool both (`--pin`); unset, every node runs unpinned.
 start_kahuna() {
   local partitions=$1; shift
-  local id peers clients n
+  local id peers clients n pin
+  local -a pins=(${KAHUNA_PIN:-none none none})
   for id in 1 2 3; do
+    pin=${pins[$((id - 1))]:-none}
     peers=""; clients=""
     for n in 1 2 3; do
       clients="$clients${clients:+,}$n=$(kahuna_client $n)"
@@ -29,7 +33,7 @@ start_kahuna() {
     done
     "$BIN" serve --id "$id" --data-dir "$WORK/kahuna-$id" --client-addr "$(kahuna_client $id)" \
       --peer-addr "$(kahuna_peer $id)" --peers "$peers" --client-addrs "$clients" \
-      --partitions "$partitions" --pin none --metrics-addr "$(kahuna_metrics $id)" "$@" \
+      --partitions "$partitions" --pin "$pin" --metrics-addr "$(kahuna_metrics $id)" "$@" \
       2>>"$WORK/kahuna-$id.log" &
     CHILD_PIDS+=($!)
   done

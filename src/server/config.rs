@@ -24,7 +24,7 @@ pub enum Pinning {
     /// Pin core c to CPU c when this node is alone; leave unpinned otherwise.
     Auto,
     None,
-    /// Pin core c to the c-th CPU of the list.
+    /// Pin core c (its reactor and its blocking pool) to the c-th CPU of the list.
     Cpus(Vec<usize>),
 }
 

@@ -64,6 +64,30 @@ fn placement_of(config: &NodeConfig, core: usize) -> Placement {
     }
 }
 
+/// Where a core's blocking pool runs: on its reactor's CPU when the reactor is pinned, so a
+/// pinned core is the whole core (its RocksDB writes and reads included) and the hand-offs
+/// between the reactor and its pool are wake-ups on one CPU, not across CPUs; anywhere when
+/// the reactor is not pinned. A pinned reactor never spins before it parks: its pool thread
+/// shares its CPU, and a reactor spinning while its write is in flight would keep that
+/// thread off it.
+fn pool_placement(placement: &Placement) -> Result<glommio::PoolPlacement, String> {
+    match placement {
+        Placement::Fixed(cpu) => {
+            let cpus = glommio::CpuSet::online()
+                .map_err(|e| format!("listing the online CPUs: {e}"))?
+                .filter(|location| location.cpu == *cpu);
+            if cpus.is_empty() {
+                return Err(format!("CPU {cpu} is not online"));
+            }
+            Ok(glommio::PoolPlacement::Fenced(
+                BLOCKING_THREADS_PER_CORE,
+                cpus,
+            ))
+        }
+        _ => Ok(glommio::PoolPlacement::Unbound(BLOCKING_THREADS_PER_CORE)),
+    }
+}
+
 /// Describes where each core runs, for the startup banner.
 pub fn describe_placement(config: &NodeConfig) -> String {
     (0..config.cores)
@@ -98,12 +122,12 @@ pub fn run(config: NodeConfig) -> Result<(), NodeError> {
         let backend = data_dir.open_core(core)?;
         let config = config.clone();
         let mesh = mesh.clone();
-        let builder = LocalExecutorBuilder::new(placement_of(&config, core))
+        let placement = placement_of(&config, core);
+        let pool = pool_placement(&placement)
+            .map_err(|error| NodeError::Executor(format!("core {core}: {error}")))?;
+        let builder = LocalExecutorBuilder::new(placement)
             .name(&format!("kahuna-core-{core}"))
-            .spin_before_park(Duration::from_micros(50))
-            .blocking_thread_pool_placement(glommio::PoolPlacement::Unbound(
-                BLOCKING_THREADS_PER_CORE,
-            ));
+            .blocking_thread_pool_placement(pool);
         let handle = builder
             .spawn(move || async move { run_core(config, core, backend, mesh).await })
             .map_err(|error| NodeError::Executor(explain_executor_failure(&error, memlock)))?;
@@ -312,5 +336,28 @@ fn cluster_view(config: &NodeConfig) -> ClusterView {
         partitions: config.partitions,
         cores: config.cores,
         client_addrs,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_core_keeps_its_blocking_pool_on_its_cpu() {
+        match pool_placement(&Placement::Fixed(0)).unwrap() {
+            glommio::PoolPlacement::Fenced(threads, cpus) => {
+                assert_eq!(threads, BLOCKING_THREADS_PER_CORE);
+                assert!(!cpus.is_empty());
+                assert!(cpus.iter().all(|location| location.cpu == 0), "{cpus:?}");
+            }
+            other => panic!("pinned core, pool placed {other:?}"),
+        }
+        assert!(matches!(
+            pool_placement(&Placement::Unbound).unwrap(),
+            glommio::PoolPlacement::Unbound(BLOCKING_THREADS_PER_CORE)
+        ));
+        let error = pool_placement(&Placement::Fixed(1 << 20)).unwrap_err();
+        assert!(error.contains("not online"), "{error}");
     }
 }
