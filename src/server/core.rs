@@ -271,13 +271,16 @@ pub async fn run_loop(
                 if batch.applies_only() && state.reads.borrow().is_empty() {
                     held = Some((batch, received, hold_until));
                     start_fetches(&state, fetches);
-                } else if batch.write.is_empty() || in_flight.get() > 0 {
-                    start_fetches(&state, fetches);
-                    if !to_writer(&pipe, &in_flight, batch, received, Vec::new()).await {
+                } else {
+                    let riding = if batch.write.is_empty() || in_flight.get() > 0 {
+                        start_fetches(&state, fetches);
+                        Vec::new()
+                    } else {
+                        fetches
+                    };
+                    if !to_writer(&pipe, &in_flight, batch, received, riding).await {
                         return;
                     }
-                } else if !to_writer(&pipe, &in_flight, batch, received, fetches).await {
-                    return;
                 }
             }
         }
