@@ -149,5 +149,6 @@ fn every_message_from_another_executor_wakes_a_sleeping_one() {
         },
     );
     assert_eq!(answered, ROUND_TRIPS);
-    echo.join().expect("the echo executor exits once its input closes");
+    echo.join()
+        .expect("the echo executor exits once its input closes");
 }
