@@ -39,7 +39,7 @@
 //!   never update in place: snapshot images read it through a point-in-time view while writes
 //!   go on (`tests/storage_rocks_state.rs` fails if it did). Measured on the 2-core VM,
 //!   3 nodes, fresh cluster, 8 s pairs without/with: 256 clients, 8 pairs, 5 faster, 1 equal,
-//!   2 slower (median +3.7%); 64 clients, 3 pairs, 11,845/12,387, 11,358/11,978 and
+//!   2 slower (median +3.7%); 64 clients, 3 pairs, 11,844/12,387, 11,358/11,978 and
 //!   11,239/12,252 puts/s, p99 8.4-9.1 -> 8.2-8.6 ms; one client: no change.
 //! - LZ4 compression (the only codec compiled in).
 
