@@ -24,6 +24,11 @@ commands:
 client commands:
 ";
 
+/// Rust's allocations go to mimalloc (RocksDB's stay on glibc); why, and how an idle node gives
+/// memory back: `kahuna::server::allocator`.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else {

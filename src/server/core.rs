@@ -477,6 +477,8 @@ fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
         .borrow_mut()
         .state_machine_mut()
         .unload_idle_groups();
+    // What they held sits in this thread's allocator heap, which only this thread collects.
+    super::allocator::return_this_threads_free_memory();
     let (state, releasing) = (state.clone(), releasing.clone());
     glommio::spawn_local(async move {
         if let Err(error) = state.storage.release_write_buffers().await {
@@ -487,26 +489,12 @@ fn release_idle_buffers(state: &Rc<CoreState>, releasing: &Rc<Cell<bool>>) {
         }
         // The allocator keeps freed memory (the memtables just released, the buffers of the
         // burst that made this core busy) resident unless asked to give it back.
-        glommio::executor().spawn_blocking(return_free_memory).await;
+        glommio::executor()
+            .spawn_blocking(super::allocator::return_free_memory)
+            .await;
         releasing.set(false);
     })
     .detach();
-}
-
-/// Returns the allocator's free pages to the operating system (glibc keeps them otherwise:
-/// after a burst, an idle node would stay at its peak resident size).
-/// One core at a time: the trim walks (and locks) every arena of the process.
-fn return_free_memory() {
-    static TRIMMING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    if TRIMMING.swap(true, std::sync::atomic::Ordering::Acquire) {
-        return;
-    }
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it takes its locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-    TRIMMING.store(false, std::sync::atomic::Ordering::Release);
 }
 
 /// How often a core looks for logs to compact.

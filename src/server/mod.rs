@@ -1,6 +1,7 @@
 //! The node: configuration, placement of partitions on nodes and cores, the per-core runtime
 //! (shard + storage writer + peer transport on one glommio executor) and the client port.
 
+pub mod allocator;
 pub mod clients;
 pub mod config;
 pub mod core;

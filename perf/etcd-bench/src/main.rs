@@ -25,6 +25,10 @@ mod workload;
 
 use args::{BenchArgs, Target};
 
+/// As in the `kahuna` binary: the harness runs on the same allocator on both sides.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let args = match BenchArgs::parse(&raw) {
