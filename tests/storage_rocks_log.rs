@@ -4,6 +4,9 @@
 //! after a leader change, a suffix truncated) read back in index order, with the newest version
 //! of each entry, both from the live memtable and after a reopen; and the option is in force.
 
+#[path = "support/rocks_options.rs"]
+mod rocks_options;
+
 use bytes::Bytes;
 use kahuna::raft::{Entry, EntryKind, HardState};
 use kahuna::storage::{Backend, GroupWrite, RocksDbBackend, WriteBatch};
@@ -97,23 +100,8 @@ fn the_log_column_family_uses_a_vector_memtable() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rocks");
     drop(RocksDbBackend::open_rocksdb(&path).unwrap());
-    let options = std::fs::read_dir(&path)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("OPTIONS-"))
-        })
-        .max()
-        .expect("RocksDB writes an OPTIONS file");
-    let text = std::fs::read_to_string(options).unwrap();
-    let log = text
-        .split("[CFOptions \"raft_log\"]")
-        .nth(1)
-        .expect("the log column family's options")
-        .split("[CFOptions")
-        .next()
-        .unwrap();
+    let text = rocks_options::options_text(&path);
+    let log = rocks_options::family_options(&path, "raft_log");
     assert!(
         log.contains("memtable_factory={id=VectorRepFactory"),
         "log memtable factory: {:?}",

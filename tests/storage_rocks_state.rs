@@ -7,6 +7,9 @@
 //! later applies rewrite both under it (so the kv family must never update in place); and the
 //! option is on for the state family and off for the kv and log families.
 
+#[path = "support/rocks_options.rs"]
+mod rocks_options;
+
 use bytes::Bytes;
 use kahuna::raft::{Entry, EntryKind, HardState};
 use kahuna::storage::{
@@ -183,38 +186,19 @@ fn a_snapshot_image_keeps_its_position_and_data_while_later_applies_rewrite_them
         .all(|(_, value)| value == &big_value(4)));
 }
 
-/// The options RocksDB recorded for `family`, as the text of its `[CFOptions]` section.
-fn family_options(path: &std::path::Path, family: &str) -> String {
-    let options = std::fs::read_dir(path)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .filter(|path| {
-            path.file_name()
-                .is_some_and(|name| name.to_string_lossy().starts_with("OPTIONS-"))
-        })
-        .max()
-        .expect("RocksDB writes an OPTIONS file");
-    let text = std::fs::read_to_string(options).unwrap();
-    text.split(&format!("[CFOptions \"{family}\"]"))
-        .nth(1)
-        .unwrap_or_else(|| panic!("the {family} column family's options"))
-        .split("[CFOptions")
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn only_the_state_column_family_updates_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rocks");
     drop(RocksDbBackend::open_rocksdb(&path).unwrap());
-    assert!(family_options(&path, "raft_state").contains("inplace_update_support=true"));
+    assert!(
+        rocks_options::family_options(&path, "raft_state").contains("inplace_update_support=true")
+    );
     // Snapshot images read the kv family through a point-in-time view, and the log keeps its
     // vector memtable: neither may update in place.
     for family in ["kv", "raft_log"] {
         assert!(
-            family_options(&path, family).contains("inplace_update_support=false"),
+            rocks_options::family_options(&path, family).contains("inplace_update_support=false"),
             "{family}"
         );
     }
