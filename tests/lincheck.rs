@@ -324,3 +324,61 @@ proptest! {
         );
     }
 }
+
+fn deleted(previous: Option<u64>) -> Out {
+    Out::Deleted { previous }
+}
+
+#[test]
+fn deletes_are_checked() {
+    // Put, delete, read absent, re-create with expected revision 0: linearizable.
+    accepted(&[
+        op(0, put(1), written(5), 0, 10),
+        op(0, In::Delete, deleted(Some(5)), 20, 30),
+        op(1, In::Read, Out::Read(None), 40, 50),
+        op(1, cas(0, 2), written(9), 60, 70),
+        op(0, In::Read, saw(2, 9), 80, 90),
+    ]);
+    // A read overlapping the delete may see the value or its absence.
+    accepted(&[
+        op(0, put(1), written(5), 0, 10),
+        op(0, In::Delete, deleted(Some(5)), 20, 60),
+        op(1, In::Read, saw(1, 5), 30, 40),
+        op(2, In::Read, Out::Read(None), 35, 45),
+    ]);
+    // An unknown delete may have applied or not: both later reads are fine.
+    accepted(&[
+        op(0, put(1), written(5), 0, 10),
+        unknown(0, In::Delete, 20),
+        op(1, In::Read, saw(1, 5), 30, 40),
+        op(1, In::Read, Out::Read(None), 50, 60),
+    ]);
+    // The deleted value comes back after the delete was acknowledged: rejected.
+    rejected(&[
+        op(0, put(1), written(5), 0, 10),
+        op(0, In::Delete, deleted(Some(5)), 20, 30),
+        op(1, In::Read, saw(1, 5), 40, 50),
+    ]);
+    // A delete that names a revision the key never had.
+    rejected(&[
+        op(0, put(1), written(5), 0, 10),
+        op(0, In::Delete, deleted(Some(4)), 20, 30),
+    ]);
+    // Two deletes of one present key both claim to have removed it.
+    rejected(&[
+        op(0, put(1), written(5), 0, 10),
+        op(0, In::Delete, deleted(Some(5)), 20, 30),
+        op(1, In::Delete, deleted(Some(5)), 40, 50),
+    ]);
+    // A write after a delete at a revision not above the deleted one.
+    rejected(&[
+        op(0, put(1), written(5), 0, 10),
+        op(0, In::Delete, deleted(Some(5)), 20, 30),
+        op(1, put(2), written(5), 40, 50),
+    ]);
+    // A delete that found nothing while the key was known present.
+    rejected(&[
+        op(0, put(1), written(5), 0, 10),
+        op(1, In::Delete, deleted(None), 20, 30),
+    ]);
+}

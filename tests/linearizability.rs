@@ -286,6 +286,8 @@ fn summarize(
 ) -> String {
     let indeterminate: u64 = stats.iter().map(|s| s.indeterminate).sum();
     let failed_reads: u64 = stats.iter().map(|s| s.failed_reads).sum();
+    let deletes: u64 = stats.iter().map(|s| s.deletes).sum();
+    let scans: u64 = stats.iter().map(|s| s.scans).sum();
     let mut odd: BTreeMap<&str, u64> = BTreeMap::new();
     for s in stats {
         for (why, n) in &s.odd_answers {
@@ -321,11 +323,13 @@ fn summarize(
     let _ = writeln!(text, "  faults: {}", faults.summary());
     let _ = writeln!(
         text,
-        "  register operations checked: {} on {} keys ({} indeterminate; {} reads without an answer not recorded)",
+        "  register operations checked: {} on {} keys ({} indeterminate; {} reads without an answer not recorded; {} deletes; {} scans, each a read of every key)",
         report.operations(),
         report.keys.len(),
         indeterminate,
-        failed_reads
+        failed_reads,
+        deletes,
+        scans
     );
     if !odd.is_empty() {
         let _ = writeln!(text, "  unknown outcomes other than timeouts: {odd:?}");

@@ -33,6 +33,11 @@ pub trait KvClient: Send {
     /// The new revision.
     fn put(&mut self, key: &[u8], value: &[u8]) -> Answer<u64>;
     fn cas(&mut self, key: &[u8], expected_revision: u64, value: &[u8]) -> Answer<CasAnswer>;
+    /// The revision the key had, `None` when it was absent.
+    fn delete(&mut self, key: &[u8]) -> Answer<Option<u64>>;
+    /// Every key starting with `prefix` (at most `limit`) with its value and revision. Each
+    /// partition's part is linearizable on its own; the whole is not one snapshot.
+    fn scan(&mut self, prefix: &[u8], limit: usize) -> Answer<Vec<(Bytes, Bytes, u64)>>;
 }
 
 /// `KvClient` on `kahuna::client::BlockingClient` (routes by partition, follows leader hints,
@@ -79,6 +84,25 @@ impl KvClient for BlockingKv {
             Ok(CasOutcome::Applied { revision }) => Answer::Done(CasAnswer::Written(revision)),
             Ok(CasOutcome::Mismatch { current }) => Answer::Done(CasAnswer::Mismatch(current)),
             Err(error) => write_error(error),
+        }
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Answer<Option<u64>> {
+        match self.client.delete(key) {
+            Ok(previous) => Answer::Done(previous),
+            Err(error) => write_error(error),
+        }
+    }
+
+    fn scan(&mut self, prefix: &[u8], limit: usize) -> Answer<Vec<(Bytes, Bytes, u64)>> {
+        match self.client.scan(prefix, limit) {
+            Ok(items) => Answer::Done(
+                items
+                    .into_iter()
+                    .map(|item| (item.key, item.value, item.revision))
+                    .collect(),
+            ),
+            Err(error) => Answer::Failed(error.to_string()),
         }
     }
 }

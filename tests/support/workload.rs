@@ -1,8 +1,13 @@
 //! Client workloads run during faults, written against `KvClient`:
-//! - registers: read / put / compare-and-set on many keys (spread over the partitions), every
-//!   invocation and completion recorded with monotonic times; writes without a definite
-//!   answer are recorded as indeterminate (no return time). Values are unique u64 ids written
-//!   as decimal text, so a read names the write it saw.
+//! - registers: read / put / delete / compare-and-set on many keys (spread over the
+//!   partitions), and scans of all of them, every invocation and completion recorded with
+//!   monotonic times; writes without a definite answer are recorded as indeterminate (no return
+//!   time). Values are unique u64 ids written as decimal text, so a read names the write it
+//!   saw. A scan is recorded as one read of every key over the scan's whole interval (a key it
+//!   did not return as a read of an absent key): each partition's page is linearizable, so
+//!   each key's part of the answer took effect at some point inside that interval. That checks
+//!   every key a scan returns or misses, not that the scan is one snapshot (it is not, across
+//!   partitions).
 //! - an append-only set per key: add = read, then compare-and-set of the list with the new
 //!   element appended; an acknowledged add must be in the final read, an add that certainly
 //!   failed must not, and nothing else may appear.
@@ -34,24 +39,32 @@ pub fn decode_value(bytes: &[u8]) -> u64 {
         .unwrap_or(VALUE_GARBLED)
 }
 
-/// Percentages of reads and puts (the rest are compare-and-sets).
+/// Percentages of reads, puts, deletes and scans (the rest are compare-and-sets).
 #[derive(Clone, Copy, Debug)]
 pub struct Mix {
     pub read_percent: u64,
     pub put_percent: u64,
+    pub delete_percent: u64,
+    pub scan_percent: u64,
 }
 
 pub const MIXED: Mix = Mix {
-    read_percent: 50,
-    put_percent: 25,
+    read_percent: 42,
+    put_percent: 20,
+    delete_percent: 8,
+    scan_percent: 5,
 };
 pub const READS_ONLY: Mix = Mix {
     read_percent: 100,
     put_percent: 0,
+    delete_percent: 0,
+    scan_percent: 0,
 };
 pub const WRITES_ONLY: Mix = Mix {
     read_percent: 0,
-    put_percent: 60,
+    put_percent: 50,
+    delete_percent: 10,
+    scan_percent: 0,
 };
 
 #[derive(Default, Debug, Clone)]
@@ -59,6 +72,10 @@ pub struct ClientStats {
     pub ok: u64,
     pub indeterminate: u64,
     pub failed_reads: u64,
+    /// Scans answered (each recorded as a read of every key).
+    pub scans: u64,
+    /// Deletes recorded (answered or indeterminate).
+    pub deletes: u64,
     /// Messages of unknown outcomes that were not plain timeouts (worth a look).
     pub odd_answers: BTreeMap<String, u64>,
 }
@@ -96,16 +113,27 @@ impl RegisterClient<'_> {
         // The last revision this client saw per key: what its compare-and-sets expect.
         let mut seen: BTreeMap<usize, u64> = BTreeMap::new();
         let mut counter = 0u64;
+        let scan_prefix = common_prefix(self.keys);
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             let key_index = rng.range(0, self.keys.len() as u64) as usize;
             let key = &self.keys[key_index];
             counter += 1;
             let value = ((self.thread as u64 + 1) << 40) | counter;
             let dice = rng.range(0, 100);
-            let input = if dice < self.mix.read_percent {
+            let mix = self.mix;
+            let puts_below = mix.read_percent + mix.put_percent;
+            let deletes_below = puts_below + mix.delete_percent;
+            let scans_below = deletes_below + mix.scan_percent;
+            if (deletes_below..scans_below).contains(&dice) {
+                self.scan(&scan_prefix, &mut seen, &mut history, &mut stats);
+                continue;
+            }
+            let input = if dice < mix.read_percent {
                 RegisterInput::Read
-            } else if dice < self.mix.read_percent + self.mix.put_percent {
+            } else if dice < puts_below {
                 RegisterInput::Put { value }
+            } else if dice < deletes_below {
+                RegisterInput::Delete
             } else {
                 let expected_revision = seen.get(&key_index).copied().unwrap_or(0);
                 RegisterInput::Cas {
@@ -161,7 +189,21 @@ impl RegisterClient<'_> {
                         RegisterOutput::Unknown
                     }
                 },
+                RegisterInput::Delete => match self.client.delete(key) {
+                    Answer::Done(previous) => {
+                        seen.insert(key_index, 0);
+                        RegisterOutput::Deleted { previous }
+                    }
+                    Answer::Failed(_) => continue,
+                    Answer::Unknown(why) => {
+                        note_odd(&mut stats, &why);
+                        RegisterOutput::Unknown
+                    }
+                },
             };
+            if input == RegisterInput::Delete {
+                stats.deletes += 1;
+            }
             let ret = if output == RegisterOutput::Unknown {
                 stats.indeterminate += 1;
                 None
@@ -182,6 +224,76 @@ impl RegisterClient<'_> {
         }
         (history, stats)
     }
+
+    /// Scans every key and records the answer as one read per key over the scan's interval.
+    /// A scan without an answer changed nothing: not recorded.
+    fn scan(
+        &mut self,
+        prefix: &[u8],
+        seen: &mut BTreeMap<usize, u64>,
+        history: &mut Vec<(usize, RegisterOperation)>,
+        stats: &mut ClientStats,
+    ) {
+        let call = nanos_since(self.epoch);
+        // More than there are keys: a scan that returned exactly `keys` items would not show
+        // a key that should not exist.
+        let items = match self.client.scan(prefix, self.keys.len() + 1) {
+            Answer::Done(items) => items,
+            Answer::Failed(_) | Answer::Unknown(_) => {
+                stats.failed_reads += 1;
+                return;
+            }
+        };
+        let ret = nanos_since(self.epoch);
+        let mut found: BTreeMap<&[u8], (u64, u64)> = BTreeMap::new();
+        for (key, value, revision) in &items {
+            found.insert(key.as_ref(), (decode_value(value), *revision));
+        }
+        stats.scans += 1;
+        for (key_index, key) in self.keys.iter().enumerate() {
+            let read = found.remove(key.as_slice());
+            if let Some((_, revision)) = read {
+                seen.insert(key_index, revision);
+            }
+            stats.ok += 1;
+            history.push((
+                key_index,
+                Operation {
+                    client: self.thread,
+                    input: RegisterInput::Read,
+                    output: RegisterOutput::Read(read),
+                    call,
+                    ret: Some(ret),
+                },
+            ));
+        }
+        // A key under the prefix that no client writes: record it against key 0 as a value
+        // nobody wrote, so the checker rejects the history.
+        for _ in found {
+            history.push((
+                0,
+                Operation {
+                    client: self.thread,
+                    input: RegisterInput::Read,
+                    output: RegisterOutput::Read(Some((VALUE_GARBLED, 0))),
+                    call,
+                    ret: Some(ret),
+                },
+            ));
+        }
+    }
+}
+
+/// The longest prefix every key shares (what a scan of all of them asks for).
+fn common_prefix(keys: &[Vec<u8>]) -> Vec<u8> {
+    let Some(first) = keys.first() else {
+        return Vec::new();
+    };
+    let mut length = first.len();
+    for key in &keys[1..] {
+        length = length.min(first.iter().zip(key).take_while(|(a, b)| a == b).count());
+    }
+    first[..length].to_vec()
 }
 
 /// What became of one add to a set.
