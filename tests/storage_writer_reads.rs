@@ -1,8 +1,8 @@
-//! A core's single-key reads (the state machine's fetches, client gets) do not wait behind a
+//! A core's reads (the state machine's fetches, client gets and scan pages) do not wait behind a
 //! write in progress when the backend has a concurrent reader (RocksDB): a synced write under
 //! load takes milliseconds, and every apply held for a fetch used to wait that long. Backends
-//! without one (SQLite) still read behind the backend's lock, after the write, and so do scans
-//! on every backend (a page read in chunks must show one state).
+//! without one (SQLite) still read behind the backend's lock, after the write. A scan page
+//! shows one state either way: through the concurrent reader it is one RocksDB iterator.
 //!
 //! The backend here is RocksDB (or SQLite) behind a gate that holds every write until the test
 //! opens it, so "a write in progress" lasts as long as the test needs.
@@ -71,6 +71,17 @@ impl<B: Backend> Backend for GatedWrites<B> {
     ) -> Result<Vec<(Bytes, Bytes)>> {
         self.inner.kv_scan(group, start, end, limit)
     }
+    fn kv_scan_page(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        items_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
+        self.inner
+            .kv_scan_page(group, start, end, items_max, bytes_max)
+    }
     fn kv_snapshot(&self, group: GroupId, chunk_bytes_max: usize) -> Result<KvSnapshotReader> {
         self.inner.kv_snapshot(group, chunk_bytes_max)
     }
@@ -111,12 +122,21 @@ fn fetch(key: &'static [u8]) -> Fetch {
     }
 }
 
-/// Writes `a = 1`, then starts a write of `b = 2` that waits at the gate, and reads `a` while
-/// it waits. Returns what the reads saw before the gate opened (`None`: they were still waiting
-/// after a second), and `b` after. A scan started while the write waits must see both keys.
-fn reads_during_a_write<B: Backend + 'static>(
-    mut inner: B,
-) -> (Option<Vec<Option<Bytes>>>, Option<Bytes>) {
+/// What the reads started while a write waits at the gate saw.
+struct DuringAWrite {
+    /// The fetch and the get of `a` before the gate opened (`None`: still waiting after a
+    /// second).
+    reads: Option<Vec<Option<Bytes>>>,
+    /// The keys of a scan page started while the write waited, and whether the page was read
+    /// before the gate opened.
+    scan: (Vec<Bytes>, bool),
+    /// `b` after the write.
+    after: Option<Bytes>,
+}
+
+/// Writes `a = 1`, then starts a write of `b = 2` that waits at the gate, and reads `a` and
+/// scans the group while it waits.
+fn reads_during_a_write<B: Backend + 'static>(mut inner: B) -> DuringAWrite {
     inner.write(&put(1, b"a", b"1")).unwrap();
     let gate = Gate::default();
     let backend = GatedWrites {
@@ -141,30 +161,29 @@ fn reads_during_a_write<B: Backend + 'static>(
                 let got = writer.get(GROUP, Bytes::from_static(b"a")).await.unwrap();
                 vec![fetched[0].values[0].1.clone(), got]
             };
-            let during = glommio::timer::timeout(Duration::from_secs(1), async { Ok(reads.await) })
+            let reads = glommio::timer::timeout(Duration::from_secs(1), async { Ok(reads.await) })
                 .await
                 .ok();
-            // A scan waits for the write in progress, on every backend.
+            let gate_opened = std::rc::Rc::new(std::cell::Cell::new(false));
             let scan = {
-                let writer = writer.clone();
+                let (writer, gate_opened) = (writer.clone(), gate_opened.clone());
                 glommio::spawn_local(async move {
-                    let page = writer
+                    let (page, more) = writer
                         .scan_page(GROUP, Bytes::new(), Bytes::new(), 10, 1 << 20)
                         .await
                         .unwrap();
-                    page.0.len()
+                    assert!(!more);
+                    let keys = page.into_iter().map(|(key, _)| key).collect::<Vec<_>>();
+                    (keys, !gate_opened.get())
                 })
             };
-            glommio::timer::sleep(Duration::from_millis(50)).await;
+            glommio::timer::sleep(Duration::from_millis(200)).await;
+            gate_opened.set(true);
             gate.open();
             write.await.unwrap();
-            assert_eq!(
-                scan.await,
-                2,
-                "the scan ran after the write: it sees both keys"
-            );
+            let scan = scan.await;
             let after = writer.get(GROUP, Bytes::from_static(b"b")).await.unwrap();
-            (during, after)
+            DuringAWrite { reads, scan, after }
         })
         .unwrap();
     executor.join().unwrap()
@@ -174,22 +193,130 @@ fn reads_during_a_write<B: Backend + 'static>(
 fn rocksdb_reads_run_beside_a_write_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let backend = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
-    let (during, after) = reads_during_a_write(backend);
-    let values = during.expect("reads waited for the write in progress");
+    let during = reads_during_a_write(backend);
+    let values = during
+        .reads
+        .expect("reads waited for the write in progress");
     assert_eq!(values, vec![Some(Bytes::from("1")), Some(Bytes::from("1"))]);
-    assert_eq!(after, Some(Bytes::from("2")));
+    assert_eq!(
+        during.scan,
+        (vec![Bytes::from("a")], true),
+        "the scan page is read beside the write, from the state before it"
+    );
+    assert_eq!(during.after, Some(Bytes::from("2")));
 }
 
 #[test]
 fn sqlite_reads_wait_for_the_write_in_progress() {
     let dir = tempfile::tempdir().unwrap();
     let backend = SqliteBackend::open_sqlite(&dir.path().join("db.sqlite")).unwrap();
-    let (during, after) = reads_during_a_write(backend);
+    let during = reads_during_a_write(backend);
     assert!(
-        during.is_none(),
+        during.reads.is_none(),
         "SQLite has no concurrent reader: reads go behind the backend's lock"
     );
-    assert_eq!(after, Some(Bytes::from("2")));
+    assert_eq!(
+        during.scan,
+        (vec![Bytes::from("a"), Bytes::from("b")], false),
+        "the scan page waits for the write and sees both keys"
+    );
+    assert_eq!(during.after, Some(Bytes::from("2")));
+}
+
+/// A batch setting every key of `keys` to `generation` (one atomic write).
+fn generation(index: Index, keys: &[Bytes], generation: u64) -> WriteBatch {
+    let mut write = GroupWrite::new(GROUP);
+    write.apply = Some(Apply {
+        index,
+        term: 1,
+        conf_state: None,
+        ops: keys
+            .iter()
+            .map(|key| KvOp::Put {
+                key: key.clone(),
+                value: Bytes::from(generation.to_string()),
+            })
+            .collect(),
+    });
+    let mut batch = WriteBatch::new(false);
+    batch.push(write);
+    batch
+}
+
+/// Scan pages read through RocksDB's concurrent reader while another thread rewrites every
+/// key in one batch each time: every page must show one batch's state, whatever its bounds.
+/// (A page assembled from several reads would mix generations.)
+#[test]
+fn rocksdb_scan_pages_show_one_state_beside_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
+    let keys: Vec<Bytes> = (0..300).map(|i| Bytes::from(format!("k{i:04}"))).collect();
+    backend.write(&generation(1, &keys, 1)).unwrap();
+    let reader = backend.concurrent_kv_reader().expect("RocksDB has one");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (keys, stop) = (keys.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut index = 1;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                index += 1;
+                backend.write(&generation(index, &keys, index)).unwrap();
+            }
+            index
+        })
+    };
+    let mut pages = 0;
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < deadline {
+        // Whole group, a bounded page from the middle, and a page cut by its byte bound.
+        for (start, items_max, bytes_max) in [
+            ("", 1000, 1 << 20),
+            ("k0100", 150, 1 << 20),
+            ("", 1000, 900),
+        ] {
+            let (page, _) = reader
+                .kv_scan_page(GROUP, start.as_bytes(), b"", items_max, bytes_max)
+                .unwrap();
+            assert!(!page.is_empty());
+            let first = &page[0].1;
+            assert!(
+                page.iter().all(|(_, value)| value == first),
+                "one page, two states: {:?} .. {:?}",
+                page.first(),
+                page.last()
+            );
+            pages += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = writer.join().unwrap();
+    assert!(written > 10, "the writer made progress ({written} batches)");
+    assert!(pages > 10);
+}
+
+#[test]
+fn scan_page_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut backend = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
+    let keys: Vec<Bytes> = (0..10).map(|i| Bytes::from(format!("k{i}"))).collect();
+    backend.write(&generation(1, &keys, 7)).unwrap();
+    // Each pair is 2 + 1 bytes.
+    let page = |start: &str, items_max, bytes_max| {
+        let (page, more) =
+            Backend::kv_scan_page(&backend, GROUP, start.as_bytes(), b"", items_max, bytes_max)
+                .unwrap();
+        (page.len(), more)
+    };
+    assert_eq!(page("", 100, 1 << 20), (10, false));
+    assert_eq!(
+        page("", 10, 1 << 20),
+        (10, false),
+        "exactly full is the end"
+    );
+    assert_eq!(page("", 4, 1 << 20), (4, true));
+    assert_eq!(page("", 100, 9), (3, true), "three pairs fit in nine bytes");
+    assert_eq!(page("", 100, 1), (1, true), "the first pair always comes");
+    assert_eq!(page("k5", 100, 1 << 20), (5, false));
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! Single-key reads (the state machine's fetches, client gets) go through the backend's
 //! concurrent reader where it has one (RocksDB), so they run beside a write instead of after
 //! it: under load a synced write takes milliseconds, and every apply held for a fetch waited
-//! that long. Scans and images stay behind the lock (each must show one state).
+//! that long. Scan pages go through it too, each read in one view (one RocksDB iterator).
+//! Images stay behind the lock.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -158,8 +159,10 @@ impl StorageWriter {
     /// One page of `group`'s kv data in `[start, end)` (empty `end`: to the group's end), read
     /// on the blocking pool: at most `items_max` pairs and, past the first pair, at most
     /// `bytes_max` bytes of keys and values. The flag says whether more pairs may follow.
-    /// Behind the backend's lock, never beside a write: the page is read in chunks, and a write
-    /// landing between two chunks (a range delete, say) would give a page that mixes two states.
+    /// A page is read in one view, so it shows one state: through the concurrent reader
+    /// (RocksDB: one iterator, beside a write in progress), else behind the backend's lock.
+    /// Seeing the state before a write in progress is what a linearizable scan may see: its
+    /// read point is applied in a batch already written before the page is read.
     pub async fn scan_page(
         &self,
         group: GroupId,
@@ -169,14 +172,24 @@ impl StorageWriter {
         bytes_max: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
         assert!(items_max > 0, "a page holds at least one item");
-        let backend = self.backend.clone();
-        glommio::executor()
-            .spawn_blocking(move || {
-                let backend = backend.lock().map_err(|_| poisoned())?;
-                let reader = BackendReader(&**backend);
-                scan_page(&reader, group, &start, &end, items_max, bytes_max)
-            })
-            .await
+        match self.reader.clone() {
+            Some(reader) => {
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        reader.kv_scan_page(group, &start, &end, items_max, bytes_max)
+                    })
+                    .await
+            }
+            None => {
+                let backend = self.backend.clone();
+                glommio::executor()
+                    .spawn_blocking(move || {
+                        let backend = backend.lock().map_err(|_| poisoned())?;
+                        backend.kv_scan_page(group, &start, &end, items_max, bytes_max)
+                    })
+                    .await
+            }
+        }
     }
 
     /// A consistent image of `group`'s kv data as of the last written batch, with the applied
@@ -217,43 +230,4 @@ fn fetch_all(reader: &dyn KvReader, fetches: Vec<Fetch>) -> Result<Vec<Fetched>>
         .into_iter()
         .map(|fetch| fetch_blocking(reader, fetch).map_err(storage_error))
         .collect()
-}
-
-/// Reads a scan page in chunks, so a page of large values stops at its byte bound without
-/// having read (and held) every item the item bound would allow.
-fn scan_page(
-    reader: &dyn KvReader,
-    group: GroupId,
-    start: &[u8],
-    end: &[u8],
-    items_max: usize,
-    bytes_max: usize,
-) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
-    const CHUNK_ITEMS: usize = 64;
-    let mut page: Vec<(Bytes, Bytes)> = Vec::new();
-    let mut bytes = 0usize;
-    let mut from = start.to_vec();
-    loop {
-        // One more than still fits, to learn whether anything follows.
-        let want = (items_max - page.len()).min(CHUNK_ITEMS) + 1;
-        let chunk = reader
-            .scan(group, &from, end, want)
-            .map_err(storage_error)?;
-        let exhausted = chunk.len() < want;
-        for (key, value) in chunk {
-            let size = key.len() + value.len();
-            if page.len() == items_max || (!page.is_empty() && bytes + size > bytes_max) {
-                return Ok((page, true));
-            }
-            bytes += size;
-            // The smallest key after `key`.
-            from.clear();
-            from.extend_from_slice(&key);
-            from.push(0);
-            page.push((key, value));
-        }
-        if exhausted {
-            return Ok((page, false));
-        }
-    }
 }

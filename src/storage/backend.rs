@@ -86,6 +86,19 @@ pub trait Backend: Send {
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>>;
 
+    /// One page of a group's kv data in `[start, end)` (empty `end`: to the end of the group),
+    /// in key order, read in one view (a write in progress is in it whole or not at all): at
+    /// most `items_max` pairs and, past the first pair, at most `bytes_max` bytes of keys and
+    /// values. The flag says whether more pairs may follow.
+    fn kv_scan_page(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        items_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool)>;
+
     /// A consistent, owned reader of a group's kv data as of now, with the applied position and
     /// configuration it covers, yielding chunks of about `chunk_bytes_max` bytes. Later writes do
     /// not affect it; it may be moved to another thread.
@@ -130,4 +143,15 @@ pub trait ConcurrentKvReader: Send + Sync {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>>;
+
+    /// As [`Backend::kv_scan_page`]: the page is read in one view, so it shows one state even
+    /// while the backend writes.
+    fn kv_scan_page(
+        &self,
+        group: GroupId,
+        start: &[u8],
+        end: &[u8],
+        items_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<(Bytes, Bytes)>, bool)>;
 }

@@ -220,8 +220,8 @@ impl RocksEngine {
 }
 
 /// RocksDB reads from any thread while another writes: a read sees a write batch whole or not
-/// at all (it reads at one sequence number), so the core's fetches need not wait behind a
-/// synced write.
+/// at all (it reads at one sequence number), so the core's fetches, gets and scan pages need not
+/// wait behind a synced write.
 impl super::ConcurrentKvReader for Store<RocksEngine> {
     fn kv_get(&self, group: crate::raft::GroupId, key: &[u8]) -> Result<Option<bytes::Bytes>> {
         Backend::kv_get(self, group, key)
@@ -235,6 +235,18 @@ impl super::ConcurrentKvReader for Store<RocksEngine> {
         limit: usize,
     ) -> Result<Vec<(bytes::Bytes, bytes::Bytes)>> {
         Backend::kv_scan(self, group, start, end, limit)
+    }
+
+    fn kv_scan_page(
+        &self,
+        group: crate::raft::GroupId,
+        start: &[u8],
+        end: &[u8],
+        items_max: usize,
+        bytes_max: usize,
+    ) -> Result<(Vec<(bytes::Bytes, bytes::Bytes)>, bool)> {
+        // One RocksDB iterator: it reads at one sequence number, so the page shows one state.
+        Backend::kv_scan_page(self, group, start, end, items_max, bytes_max)
     }
 }
 
