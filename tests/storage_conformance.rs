@@ -583,11 +583,26 @@ fn detects_damage(kind: Kind) {
         StorageError::Corruption { .. }
     ));
     assert!(h.backend().kv_scan(1, b"", b"", 10).is_err());
+    assert!(matches!(
+        h.backend()
+            .kv_scan_page(1, b"", b"", 10, 1 << 20)
+            .unwrap_err(),
+        StorageError::Corruption { .. }
+    ));
     let mut reader = h.backend().kv_snapshot(1, 1024).unwrap();
     assert!(
         reader.next_chunk().is_err(),
         "a damaged value must not be shipped"
     );
+    // A scan that stops before a damaged value neither reads nor reports it.
+    let mut h = Harness::new(kind);
+    h.write(vec![apply(1, 1, vec![put("a", "1"), put("k", "v")])])
+        .unwrap();
+    h.flip(Space::Kv, &key, 4);
+    assert_eq!(h.backend().kv_scan(1, b"", b"", 1).unwrap().len(), 1);
+    let (page, more) = h.backend().kv_scan_page(1, b"", b"", 1, 1 << 20).unwrap();
+    assert_eq!((page.len(), more), (1, true));
+    assert!(h.backend().kv_scan_page(1, b"", b"", 2, 1 << 20).is_err());
 }
 
 fn destroys_groups(kind: Kind) {

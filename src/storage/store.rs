@@ -394,6 +394,11 @@ impl<E: RawEngine> Store<E> {
         }
         self.engine
             .scan(Space::Kv, &start, &end, &mut |key, value| {
+                // Full: a pair follows, and it is not read (nor checked) beyond that.
+                if pairs.len() == items_max {
+                    more = true;
+                    return false;
+                }
                 let payload = match codec::open(key, value) {
                     Ok(payload) => payload,
                     Err(detail) => {
@@ -403,9 +408,7 @@ impl<E: RawEngine> Store<E> {
                 };
                 let user_key = key.get(8..).unwrap_or_default();
                 let size = user_key.len() + payload.len();
-                if pairs.len() == items_max
-                    || (!pairs.is_empty() && bytes.saturating_add(size) > bytes_max)
-                {
+                if !pairs.is_empty() && bytes.saturating_add(size) > bytes_max {
                     more = true;
                     return false;
                 }
