@@ -366,69 +366,6 @@ fn encode_compact(
     Ok(())
 }
 
-impl<E: RawEngine> Store<E> {
-    /// A group's kv pairs in `[start, end)` (empty `end`: to the group's end), in key order,
-    /// from one engine scan (one view): at most `items_max` pairs and, past the first, at most
-    /// `bytes_max` bytes of keys and values. The flag says whether a pair was left out by the
-    /// bounds (more may follow).
-    fn scan_kv(
-        &self,
-        group: GroupId,
-        start: &[u8],
-        end: &[u8],
-        items_max: usize,
-        bytes_max: usize,
-    ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
-        let start = keys::kv_key(group, start);
-        let end = if end.is_empty() {
-            keys::group_end(group).to_vec()
-        } else {
-            keys::kv_key(group, end)
-        };
-        let mut pairs = Vec::new();
-        let mut bytes = 0usize;
-        let mut more = false;
-        let mut failure = None;
-        if items_max == 0 {
-            return Ok((pairs, false));
-        }
-        self.engine
-            .scan(Space::Kv, &start, &end, &mut |key, value| {
-                // Full: a pair follows, and it is not read (nor checked) beyond that.
-                if pairs.len() == items_max {
-                    more = true;
-                    return false;
-                }
-                let payload = match codec::open(key, value) {
-                    Ok(payload) => payload,
-                    Err(detail) => {
-                        failure = Some(detail);
-                        return false;
-                    }
-                };
-                let user_key = key.get(8..).unwrap_or_default();
-                let size = user_key.len() + payload.len();
-                if !pairs.is_empty() && bytes.saturating_add(size) > bytes_max {
-                    more = true;
-                    return false;
-                }
-                bytes += size;
-                pairs.push((
-                    Bytes::copy_from_slice(user_key),
-                    Bytes::copy_from_slice(payload),
-                ));
-                true
-            })?;
-        match failure {
-            Some(detail) => Err(StorageError::corruption(
-                group,
-                format!("kv value: {detail}"),
-            )),
-            None => Ok((pairs, more)),
-        }
-    }
-}
-
 impl<E: RawEngine> Backend for Store<E> {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         let mut raw = RawBatch::default();
@@ -573,7 +510,8 @@ impl<E: RawEngine> Backend for Store<E> {
         end: &[u8],
         limit: usize,
     ) -> Result<Vec<(Bytes, Bytes)>> {
-        Ok(self.scan_kv(group, start, end, limit, usize::MAX)?.0)
+        // A page without a byte bound, read the same way (one engine scan).
+        Ok(Backend::kv_scan_page(self, group, start, end, limit, usize::MAX)?.0)
     }
 
     fn kv_scan_page(
@@ -584,7 +522,53 @@ impl<E: RawEngine> Backend for Store<E> {
         items_max: usize,
         bytes_max: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
-        self.scan_kv(group, start, end, items_max, bytes_max)
+        let start = keys::kv_key(group, start);
+        let end = if end.is_empty() {
+            keys::group_end(group).to_vec()
+        } else {
+            keys::kv_key(group, end)
+        };
+        let mut pairs = Vec::new();
+        let mut bytes = 0usize;
+        let mut more = false;
+        let mut failure = None;
+        if items_max == 0 {
+            return Ok((pairs, false));
+        }
+        self.engine
+            .scan(Space::Kv, &start, &end, &mut |key, value| {
+                // Full: a pair follows, and it is not read (nor checked) beyond that.
+                if pairs.len() == items_max {
+                    more = true;
+                    return false;
+                }
+                let payload = match codec::open(key, value) {
+                    Ok(payload) => payload,
+                    Err(detail) => {
+                        failure = Some(detail);
+                        return false;
+                    }
+                };
+                let user_key = key.get(8..).unwrap_or_default();
+                let size = user_key.len() + payload.len();
+                if !pairs.is_empty() && bytes.saturating_add(size) > bytes_max {
+                    more = true;
+                    return false;
+                }
+                bytes += size;
+                pairs.push((
+                    Bytes::copy_from_slice(user_key),
+                    Bytes::copy_from_slice(payload),
+                ));
+                true
+            })?;
+        match failure {
+            Some(detail) => Err(StorageError::corruption(
+                group,
+                format!("kv value: {detail}"),
+            )),
+            None => Ok((pairs, more)),
+        }
     }
 
     fn kv_snapshot(&self, group: GroupId, chunk_bytes_max: usize) -> Result<KvSnapshotReader> {
