@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use super::executor::RoundScope;
 use super::workload::BenchOp;
 
 /// What an operation did, when the store gave a definite answer.
@@ -54,4 +55,10 @@ pub trait Driver: Send + Sync {
     /// The session of client `client` (0-based). Called once per client, in order, on the
     /// harness's main thread.
     fn session(&self, client: usize) -> Result<Box<dyn Session>, DriverError>;
+    /// A scope the clients' executor opens around each round of polls (all tasks ready at
+    /// once), or `None`. A driver whose client can hold a burst of requests and send it in one
+    /// write (kahuna's send cork) gives it here; the requests then leave at the round's end.
+    fn round_scope(&self) -> Option<RoundScope> {
+        None
+    }
 }

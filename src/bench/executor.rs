@@ -166,8 +166,18 @@ fn fire_due_timers(now: Instant) -> Option<Instant> {
     })
 }
 
+/// Opens a scope held while one round of ready tasks is polled and dropped before the thread
+/// parks: a driver's send cork (see [`super::driver::Driver::round_scope`]), so what the
+/// round's tasks send goes out together.
+pub type RoundScope = fn() -> Box<dyn std::any::Any>;
+
 /// Polls `tasks` on this thread until every one has completed.
 pub fn run_to_completion(tasks: Vec<Task>) {
+    run_rounds(tasks, None);
+}
+
+/// [`run_to_completion`], with `round` (if any) opened around each round of polls.
+pub fn run_rounds(tasks: Vec<Task>, round: Option<RoundScope>) {
     let ready = Arc::new(ReadyQueue {
         indexes: Mutex::new((0..tasks.len()).collect()),
         thread: std::thread::current(),
@@ -190,6 +200,7 @@ pub fn run_to_completion(tasks: Vec<Task>) {
             &mut batch,
             &mut *ready.indexes.lock().expect("ready queue lock"),
         );
+        let scope = round.map(|open| open());
         for index in batch.drain(..) {
             let waker_state = &wakers[index];
             // Cleared before the poll: a wake during the poll queues the task again.
@@ -209,6 +220,8 @@ pub fn run_to_completion(tasks: Vec<Task>) {
                 remaining -= 1;
             }
         }
+        // Closed before anything can wait: what the round sent is on its way.
+        drop(scope);
         let next_timer = fire_due_timers(Instant::now());
         if remaining == 0 || !ready.indexes.lock().expect("ready queue lock").is_empty() {
             continue;
@@ -328,6 +341,82 @@ mod tests {
             .collect();
         run_to_completion(tasks);
         assert_eq!(*order.borrow(), vec![0, 10, 20, 30]);
+    }
+
+    /// Set while a round scope of `a_round_scope_is_open_while_tasks_are_polled...` is open.
+    static SCOPE_OPEN: AtomicBool = AtomicBool::new(false);
+
+    struct ScopeGuard;
+    impl Drop for ScopeGuard {
+        fn drop(&mut self) {
+            SCOPE_OPEN.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Every poll runs inside the round's scope, and the scope is closed before the executor
+    /// waits (a driver's cork must release what the round sent before anyone waits for it).
+    #[test]
+    fn a_round_scope_is_open_while_tasks_are_polled_and_closed_before_the_thread_waits() {
+        let slots: Vec<Arc<Slot>> = (0..8).map(|_| Arc::new(Slot::default())).collect();
+        let polled_outside = Rc::new(Cell::new(0));
+        let tasks: Vec<Task> = slots
+            .iter()
+            .map(|slot| {
+                let (slot, polled_outside) = (slot.clone(), polled_outside.clone());
+                Box::pin(async move {
+                    for _ in 0..3 {
+                        if !SCOPE_OPEN.load(Ordering::SeqCst) {
+                            polled_outside.set(polled_outside.get() + 1);
+                        }
+                        Awaiting(slot.clone()).await;
+                        slot.value.lock().unwrap().0 = None;
+                    }
+                }) as Task
+            })
+            .collect();
+        // Answers a waiting task only once no scope is open. With a scope held across the
+        // wait, a task would wait forever: after 2 s the setter answers anyway and says so.
+        let setter = {
+            let slots = slots.clone();
+            std::thread::spawn(move || {
+                let mut scope_held_across_wait = false;
+                for _ in 0..3 {
+                    for slot in &slots {
+                        let give_up = Instant::now() + Duration::from_secs(2);
+                        loop {
+                            let waiting = slot.value.lock().unwrap().1.is_some();
+                            if waiting && !SCOPE_OPEN.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            if waiting && Instant::now() > give_up {
+                                scope_held_across_wait = true;
+                                break;
+                            }
+                            std::thread::yield_now();
+                        }
+                        slot.set(1);
+                    }
+                }
+                scope_held_across_wait
+            })
+        };
+        run_rounds(
+            tasks,
+            Some(|| {
+                SCOPE_OPEN.store(true, Ordering::SeqCst);
+                Box::new(ScopeGuard)
+            }),
+        );
+        assert!(
+            !setter.join().unwrap(),
+            "the round scope was held while the thread waited"
+        );
+        assert_eq!(
+            polled_outside.get(),
+            0,
+            "a task was polled outside a round scope"
+        );
+        assert!(!SCOPE_OPEN.load(Ordering::SeqCst));
     }
 
     /// A task polled late (behind another that works for a while) still learns when its wake

@@ -61,7 +61,7 @@ pub fn run(args: &BenchArgs, driver: &dyn Driver) -> u8 {
         rate: args.rate,
         progress: true,
     };
-    let result = runner::run(&plan, sessions);
+    let result = runner::run(&plan, sessions, driver.round_scope());
     let totals = &result.totals;
     println!(
         "outcomes: not_found={} conflicts={} {}",

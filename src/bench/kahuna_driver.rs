@@ -5,8 +5,9 @@
 use std::time::Duration;
 
 use super::driver::{Driver, DriverError, OpError, OpFuture, OpOutcome, Session};
+use super::executor::RoundScope;
 use super::workload::BenchOp;
-use crate::client::{Client, ClientConfig, ClientError};
+use crate::client::{cork_sends, Client, ClientConfig, ClientError};
 use crate::proto::client::{ErrorCode, Op, Reply, Response};
 
 pub struct KahunaDriver {
@@ -35,6 +36,13 @@ impl Driver for KahunaDriver {
             "kahuna, pipelined client: {} clients sharing {} connection(s) per node",
             self.clients, self.connections
         )
+    }
+
+    /// Requests sent in one round of the clients' executor leave in one write per connection
+    /// (the client's send cork): a node then reads a burst of requests at once instead of
+    /// one TCP segment per request.
+    fn round_scope(&self) -> Option<RoundScope> {
+        Some(|| Box::new(cork_sends()))
     }
 
     fn session(&self, _client: usize) -> Result<Box<dyn Session>, DriverError> {

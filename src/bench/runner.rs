@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::driver::{OpOutcome, Session};
-use super::executor::{run_to_completion, sleep_until, woken_at, Task};
+use super::executor::{run_rounds, sleep_until, woken_at, RoundScope, Task};
 use super::report::{progress_line, Totals};
 use super::workload::Workload;
 
@@ -156,8 +156,13 @@ impl ClientRun {
     }
 }
 
-/// Runs `sessions` (one per client) with their workloads; prints progress to stderr.
-pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunResult {
+/// Runs `sessions` (one per client) with their workloads, `round` (if any) opened around each
+/// round of polls; prints progress to stderr.
+pub fn run(
+    plan: &RunPlan,
+    sessions: Vec<(Box<dyn Session>, Workload)>,
+    round: Option<RoundScope>,
+) -> RunResult {
     assert_eq!(sessions.len(), plan.clients, "one session per client");
     let start = Instant::now();
     let end = start + plan.warmup + plan.duration;
@@ -188,7 +193,7 @@ pub fn run(plan: &RunPlan, sessions: Vec<(Box<dyn Session>, Workload)>) -> RunRe
                 .into_iter()
                 .map(|run| Box::pin(run.run()) as Task)
                 .collect();
-            run_to_completion(tasks);
+            run_rounds(tasks, round);
         })
         .expect("spawn the benchmark clients' thread");
     let mut last = start;

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use futures_lite::future::block_on;
+use super::connection::block_on_uncorked;
 
 use super::error::ClientError;
 use super::router::{CasOutcome, Client, Versioned};
@@ -39,19 +39,19 @@ impl BlockingClient {
     }
 
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, ClientError> {
-        block_on(self.client.get(key))
+        block_on_uncorked(self.client.get(key))
     }
 
     pub fn get_stale(&self, key: impl AsRef<[u8]>) -> Result<Option<Versioned>, ClientError> {
-        block_on(self.client.get_stale(key))
+        block_on_uncorked(self.client.get_stale(key))
     }
 
     pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<u64, ClientError> {
-        block_on(self.client.put(key, value))
+        block_on_uncorked(self.client.put(key, value))
     }
 
     pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<Option<u64>, ClientError> {
-        block_on(self.client.delete(key))
+        block_on_uncorked(self.client.delete(key))
     }
 
     pub fn cas(
@@ -60,19 +60,19 @@ impl BlockingClient {
         expected_revision: u64,
         value: impl AsRef<[u8]>,
     ) -> Result<CasOutcome, ClientError> {
-        block_on(self.client.cas(key, expected_revision, value))
+        block_on_uncorked(self.client.cas(key, expected_revision, value))
     }
 
     pub fn status(&self) -> Result<NodeStatus, ClientError> {
-        block_on(self.client.status())
+        block_on_uncorked(self.client.status())
     }
 
     pub fn status_of(&self, addr: &str) -> Result<NodeStatus, ClientError> {
-        block_on(self.client.status_of(addr))
+        block_on_uncorked(self.client.status_of(addr))
     }
 
     pub fn execute(&self, op: Op) -> Result<Response, ClientError> {
-        block_on(self.client.execute(op))
+        block_on_uncorked(self.client.execute(op))
     }
 
     /// At most `limit` keys starting with `prefix`, in key order (linearizable per
@@ -82,11 +82,11 @@ impl BlockingClient {
         prefix: impl AsRef<[u8]>,
         limit: usize,
     ) -> Result<Vec<KeyValue>, ClientError> {
-        block_on(self.client.scan(prefix, limit))
+        block_on_uncorked(self.client.scan(prefix, limit))
     }
 
     pub fn partition_count(&self) -> Result<u64, ClientError> {
         let deadline = Instant::now() + self.client.config().deadline;
-        block_on(self.client.partition_count(deadline))
+        block_on_uncorked(self.client.partition_count(deadline))
     }
 }

@@ -7,7 +7,9 @@
 //! the connection's outbox, which a writer thread drains with blocking writes (coalescing what
 //! queued meanwhile). The common path thus costs one syscall and no thread hand-off, and a
 //! caller on a reactor never blocks. A reader thread decodes answers and completes the
-//! matching calls. Callers await a window slot (backpressure: the outbox holds at most a
+//! matching calls. A thread that sends bursts (the benchmark's executor) may cork its sends
+//! ([`cork_sends`]): its requests then leave in one write per connection when the cork drops.
+//! Callers await a window slot (backpressure: the outbox holds at most a
 //! window's frames, as every queued frame holds a slot), then their answer or deadline.
 //! This module routes nothing: that is the router's job (`router.rs`).
 
@@ -189,6 +191,103 @@ pub struct Connection {
 thread_local! {
     /// Reused between calls on the same thread (glommio reactors and client threads alike).
     static ENCODER: RefCell<ClientEncoder> = RefCell::new(ClientEncoder::new());
+    /// Frames sent on this thread while a [`SendCork`] is held, per connection, in send order;
+    /// `None` when no cork is held. Bounded: a connection's frames each hold a window slot,
+    /// and a connection's bytes go out once they pass `CORKED_BYTES_MAX`.
+    static CORKED: RefCell<Option<Corked>> = const { RefCell::new(None) };
+}
+
+/// Corked frames, per connection: the bytes of each connection's frames in send order.
+type Corked = Vec<(Arc<Shared>, Vec<u8>)>;
+
+/// A connection's corked frames are written at once past this many bytes.
+const CORKED_BYTES_MAX: usize = 256 << 10;
+
+/// Holds the requests this thread sends on any connection until it is dropped, then writes
+/// each connection's requests with one write (see [`cork_sends`]). Not `Send`: the cork is the
+/// thread's.
+#[must_use = "the requests are held until the cork is dropped"]
+pub struct SendCork {
+    /// The first cork of the thread; an inner one holds nothing of its own.
+    outermost: bool,
+    _thread_bound: std::marker::PhantomData<*const ()>,
+}
+
+/// Corks this thread's sends: until the returned guard drops, requests are queued per
+/// connection instead of written one by one, and the drop writes each connection's queue in
+/// one write. For a caller that sends many requests in a burst (an executor polling many
+/// ready tasks): one syscall and one TCP segment per connection instead of one per request,
+/// and the node reads them together. A request is not on the wire until the drop, so a caller
+/// must not wait for an answer while holding the cork on its own thread.
+pub fn cork_sends() -> SendCork {
+    let outermost = CORKED.with(|corked| {
+        let mut corked = corked.borrow_mut();
+        let first = corked.is_none();
+        if first {
+            *corked = Some(Vec::new());
+        }
+        first
+    });
+    SendCork {
+        outermost,
+        _thread_bound: std::marker::PhantomData,
+    }
+}
+
+impl Drop for SendCork {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        let queued = CORKED.with(|corked| corked.borrow_mut().take());
+        write_corked(queued.unwrap_or_default());
+    }
+}
+
+fn write_corked(queued: Corked) {
+    for (shared, frames) in queued {
+        if !frames.is_empty() {
+            // An error closed the connection, which fails every call waiting on it.
+            let _ = shared.send_frame(&frames);
+        }
+    }
+}
+
+/// Runs `future` to completion on this thread with the thread's cork (if any) lifted: what it
+/// holds is written first, and the future's own requests go out at once. A blocking call
+/// under a cork would otherwise wait for its own request until its deadline.
+pub(crate) fn block_on_uncorked<T>(future: impl std::future::Future<Output = T>) -> T {
+    let lifted = CORKED.with(|corked| corked.borrow_mut().take());
+    let corked = lifted.is_some();
+    write_corked(lifted.unwrap_or_default());
+    let result = futures_lite::future::block_on(future);
+    if corked {
+        CORKED.with(|cell| *cell.borrow_mut() = Some(Vec::new()));
+    }
+    result
+}
+
+/// Sends `frame` on `shared`, or queues it when this thread holds a cork.
+fn send_or_cork(shared: &Arc<Shared>, frame: &[u8]) -> Result<(), String> {
+    let full = CORKED.with(|corked| {
+        let mut corked = corked.borrow_mut();
+        let queued = corked.as_mut()?;
+        let at = match queued.iter().position(|(s, _)| Arc::ptr_eq(s, shared)) {
+            Some(at) => at,
+            None => {
+                queued.push((shared.clone(), Vec::new()));
+                queued.len() - 1
+            }
+        };
+        let frames = &mut queued[at].1;
+        frames.extend_from_slice(frame);
+        Some((frames.len() >= CORKED_BYTES_MAX).then(|| std::mem::take(frames)))
+    });
+    match full {
+        None => shared.send_frame(frame),
+        Some(None) => Ok(()),
+        Some(Some(frames)) => shared.send_frame(&frames),
+    }
 }
 
 impl Connection {
@@ -227,7 +326,7 @@ impl Connection {
         window: usize,
         timeout: Duration,
     ) -> Result<Connection, ConnectError> {
-        futures_lite::future::block_on(Connection::connect(addr, window, timeout))
+        block_on_uncorked(Connection::connect(addr, window, timeout))
     }
 
     fn start(addr: &str, stream: TcpStream, window: usize) -> Result<Connection, ConnectError> {
@@ -338,7 +437,7 @@ impl Connection {
         // Registered before it is sent: the answer may come back before `send_frame` returns.
         let encoded = ENCODER.with(
             |encoder| match encoder.borrow_mut().encode_request(&request) {
-                Ok(frame) => Ok(shared.send_frame(frame)),
+                Ok(frame) => Ok(send_or_cork(shared, frame)),
                 Err(error) => Err(error.to_string()),
             },
         );
@@ -384,7 +483,7 @@ impl Connection {
         timeout: Duration,
     ) -> Result<Response, CallError> {
         let deadline = Instant::now() + timeout;
-        futures_lite::future::block_on(self.call(op, client_id, sequence, cluster_id, deadline))
+        block_on_uncorked(self.call(op, client_id, sequence, cluster_id, deadline))
     }
 }
 

@@ -63,7 +63,7 @@ pub mod timer;
 pub use crate::proto::client::KeyValue;
 pub use blocking::BlockingClient;
 pub use config::{ClientConfig, PLAYGROUND_ENDPOINTS};
-pub use connection::{CallError, ConnectError, Connection};
+pub use connection::{cork_sends, CallError, ConnectError, Connection, SendCork};
 pub use error::ClientError;
 pub use router::{CasOutcome, Client, Versioned};
 pub use scan::{ScanPage, Scanner};

@@ -86,32 +86,56 @@ pub async fn serve_clients(listener: TcpListener, serving: Serving) {
     }
 }
 
+/// A connection's writer stops adding waiting answers to one write past this many bytes (one
+/// answer may take it beyond: an answer is never split).
+const ANSWER_WRITE_BYTES_MAX: usize = 256 << 10;
+/// The answer buffer's capacity kept between writes; a larger one (a burst of scan pages) is
+/// released.
+const ANSWER_BUFFER_RETAINED_BYTES_MAX: usize = 1 << 20;
+
+/// Encodes `response` as one frame at the end of `frames`. An answer that cannot be encoded
+/// (larger than a frame may be) is replaced by an Internal error for the same request; if even
+/// that cannot be encoded, nothing is added.
+fn append_response(encoder: &mut ClientEncoder, response: &Response, frames: &mut Vec<u8>) {
+    match encoder.encode_response(response) {
+        Ok(frame) => frames.extend_from_slice(frame),
+        Err(error) => {
+            let fallback =
+                Response::error(response.request_id, ErrorCode::Internal, error.to_string());
+            if let Ok(frame) = encoder.encode_response(&fallback) {
+                frames.extend_from_slice(frame);
+            }
+        }
+    }
+}
+
 async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), String> {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (responses, outbox): (_, LocalReceiver<Response>) =
         local_channel::new_bounded(REQUESTS_IN_FLIGHT_MAX);
     let responses = Rc::new(responses);
     let in_flight = Rc::new(Cell::new(0usize));
-    // The writer task encodes answers as they complete, in completion order.
+    // The writer task encodes answers as they complete, in completion order. Answers that are
+    // already waiting when it wakes go out in one write: a leader answers a whole batch of
+    // writes in one collect, and one send per answer cost a syscall and a TCP segment each (and
+    // the client's reader a wake-up each). It never waits for more to come.
     let writer_task = glommio::spawn_local(async move {
         let mut encoder = ClientEncoder::new();
+        let mut frames: Vec<u8> = Vec::new();
         while let Some(response) = outbox.recv().await {
-            let frame = match encoder.encode_response(&response) {
-                Ok(frame) => frame.to_vec(),
-                Err(error) => {
-                    let fallback = Response::error(
-                        response.request_id,
-                        ErrorCode::Internal,
-                        error.to_string(),
-                    );
-                    match encoder.encode_response(&fallback) {
-                        Ok(frame) => frame.to_vec(),
-                        Err(_) => continue,
-                    }
+            frames.clear();
+            append_response(&mut encoder, &response, &mut frames);
+            while frames.len() < ANSWER_WRITE_BYTES_MAX {
+                match futures_lite::future::poll_once(outbox.recv()).await {
+                    Some(Some(response)) => append_response(&mut encoder, &response, &mut frames),
+                    Some(None) | None => break,
                 }
-            };
-            if writer.write_all(&frame).await.is_err() {
+            }
+            if writer.write_all(&frames).await.is_err() {
                 return;
+            }
+            if frames.capacity() > ANSWER_BUFFER_RETAINED_BYTES_MAX {
+                frames = Vec::new();
             }
         }
     })
