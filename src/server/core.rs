@@ -5,8 +5,9 @@
 //! majority; the apply is deterministic), and hand the batch to the core's writer task, which
 //! writes it off the reactor (one sync), then releases what waited for durability: messages
 //! sent only once durable, and reads whose read point is now written.
-//! Up to `PIPELINE_DEPTH` batches are in flight: the next one is collected and its messages
-//! sent while the previous one syncs.
+//! One batch is in flight at a time (`PIPELINE_DEPTH`): while it is written, the core keeps
+//! serving (client requests are proposed, peer messages stepped into the groups) and the next
+//! collect takes everything that arrived meanwhile, messages to send included (group commit).
 //!
 //! Per-core state is `Rc<RefCell<..>>`; no borrow is ever held across an `.await`.
 
@@ -197,10 +198,16 @@ pub enum ProposeFailure {
 /// wait at once.
 const APPLY_HOLD: Duration = Duration::from_millis(2);
 
-/// Batches collected and not yet written and released, at most. The loop collects and sends
-/// batch k+1 (a leader's appends go out at once) while batch k is being written, so a
-/// follower's sync overlaps the leader's; writes themselves stay one at a time, in order.
-const PIPELINE_DEPTH: usize = 2;
+/// Batches collected and not yet written and released, at most. With two, the loop collected
+/// and sent batch k+1 while batch k was written (a follower's sync overlapping the leader's);
+/// the collects, frames and writes were then smaller and more numerous for the same work, and
+/// on a CPU-bound machine that costs more than the overlap gains. Measured on the 2-core VM
+/// (fresh 3-node cluster, puts): `perf/cpu-per-op.sh 10000 8` 158.2/158.8 -> 148.9/147.1 us of
+/// node CPU per put; 256 clients, five pairs, median 20,200 -> 23,200 puts/s; 64 clients
+/// 13,282/11,199 -> 15,957/17,257; one client unchanged (587-604 against 530-628 us p50).
+/// Collecting during a write into one pending batch, its appends sent at once, kept the CPU
+/// cost of two in flight (159.1/162.0 us per put): the saving is in the collects and frames.
+const PIPELINE_DEPTH: usize = 1;
 
 /// The core's main loop. Never returns while the node runs.
 pub async fn run_loop(
@@ -306,11 +313,14 @@ pub async fn run_loop(
         if worked {
             continue;
         }
+        // A held batch whose wait is over waits for the writer's ring (waking for a past
+        // instant would spin while the write in flight syncs).
+        let now = Instant::now();
         let wake_at = match &held {
-            Some((_, _, until)) => next_tick.min(*until),
-            None => next_tick,
+            Some((_, _, until)) if now < *until => next_tick.min(*until),
+            _ => next_tick,
         };
-        let wait = wake_at.saturating_duration_since(Instant::now());
+        let wait = wake_at.saturating_duration_since(now);
         let _ = glommio::timer::timeout(wait, async {
             ring.recv().await;
             Ok(())
