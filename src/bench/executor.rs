@@ -375,17 +375,20 @@ mod tests {
             })
             .collect();
         // Answers a waiting task only once no scope is open. With a scope held across the
-        // wait, a task would wait forever: after 2 s the setter answers anyway and says so.
+        // wait, a task would wait forever: after 10 s the setter answers anyway, says so, and
+        // stops waiting for the scope (so a failing run ends soon after).
         let setter = {
             let slots = slots.clone();
             std::thread::spawn(move || {
                 let mut scope_held_across_wait = false;
                 for _ in 0..3 {
                     for slot in &slots {
-                        let give_up = Instant::now() + Duration::from_secs(2);
+                        let give_up = Instant::now() + Duration::from_secs(10);
                         loop {
                             let waiting = slot.value.lock().unwrap().1.is_some();
-                            if waiting && !SCOPE_OPEN.load(Ordering::SeqCst) {
+                            if waiting
+                                && (scope_held_across_wait || !SCOPE_OPEN.load(Ordering::SeqCst))
+                            {
                                 break;
                             }
                             if waiting && Instant::now() > give_up {
