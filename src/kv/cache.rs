@@ -40,7 +40,9 @@ pub(crate) struct KeyCache {
     /// index order, so touches arrive sorted and a re-touch costs a push, not a tree removal
     /// and insertion (those were ~4% of a node's CPU at 256 clients).
     /// Invariants: indexes strictly increase front to back; each slot's `touched` is the index
-    /// of exactly one record.
+    /// of exactly one record; every record's key has a slot (a key's stale records precede
+    /// its live one, so `trim` drops them before it can evict the key, and nothing else
+    /// removes slots), which is what lets `trim` and the sweep index `slots` by a record's key.
     by_touch: VecDeque<(Index, Bytes)>,
 }
 
