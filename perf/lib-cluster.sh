@@ -18,6 +18,8 @@ kahuna_metrics() { echo "127.0.0.1:$((BASE + 10 + $1 - 1))"; }
 kahuna_endpoints() { echo "$(kahuna_client 1),$(kahuna_client 2),$(kahuna_client 3)"; }
 
 # start_kahuna PARTITIONS [extra serve flags...]
+# KAHUNA_SERVE_FLAGS adds flags to every node's `kahuna serve` in every script (for A/B runs of
+# a setting, e.g. KAHUNA_SERVE_FLAGS="--compact-after 1000" perf/cpu-per-op.sh 12000 30).
 # KAHUNA_PIN="0 1 0" pins node n (one core each) to the n-th CPU of the list, its reactor and
 # its blocking pool both (`--pin`); unset, every node runs unpinned.
 start_kahuna() {
@@ -33,7 +35,7 @@ start_kahuna() {
     done
     "$BIN" serve --id "$id" --data-dir "$WORK/kahuna-$id" --client-addr "$(kahuna_client $id)" \
       --peer-addr "$(kahuna_peer $id)" --peers "$peers" --client-addrs "$clients" \
-      --partitions "$partitions" --pin "$pin" --metrics-addr "$(kahuna_metrics $id)" "$@" \
+      --partitions "$partitions" --pin "$pin" --metrics-addr "$(kahuna_metrics $id)" "$@" ${KAHUNA_SERVE_FLAGS:-} \
       2>>"$WORK/kahuna-$id.log" &
     CHILD_PIDS+=($!)
   done
