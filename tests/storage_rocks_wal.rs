@@ -3,6 +3,7 @@
 //! after an idle core's memtable flush switched files; a database image taken mid-stream (WAL
 //! files with zeros past their last record, as a crash leaves them) recovers every synced write;
 //! and filler that databases made before the sizer wrote, left by a crash, is removed at open.
+//! Also: the flushes that switch WAL files run at the lowest CPU priority.
 
 use std::path::Path;
 
@@ -167,6 +168,45 @@ fn an_idle_flush_leaves_every_wal_file_written_out() {
     let mut backend = RocksDbBackend::open_rocksdb(&path).unwrap();
     let state = backend.load_group(7).unwrap();
     assert_eq!(state.last_index(), 1_003);
+}
+
+/// The nice values of this process's threads named `name`.
+fn thread_nice_values(name: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+            if comm.trim_end() != name {
+                return None;
+            }
+            let tid: libc::id_t = task.file_name().to_str()?.parse().ok()?;
+            // getpriority returns -1 both for nice -1 and for an error: clear errno first.
+            unsafe { *libc::__errno_location() = 0 };
+            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+            (unsafe { *libc::__errno_location() } == 0).then_some(nice)
+        })
+        .collect()
+}
+
+/// Flushes run at the lowest CPU priority (`lower_background_priority` in the engine), so a
+/// memtable flush does not take the CPU from the threads that serve requests. A flush thread
+/// lowers itself when it takes a job: after a flush, one of them has.
+#[test]
+fn flushes_run_at_the_lowest_cpu_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rocks");
+    let mut backend = RocksDbBackend::open_rocksdb(&path).unwrap();
+    for first in (1..=1_000).step_by(100) {
+        write_entries_sized(&mut backend, 7, first..=first + 99, 1_000);
+    }
+    backend.release_write_buffers().unwrap();
+    let nice = thread_nice_values("rocksdb:high");
+    assert!(!nice.is_empty(), "no flush thread (rocksdb:high) found");
+    assert!(
+        nice.contains(&19),
+        "no flush thread at nice 19 after a flush: {nice:?}"
+    );
 }
 
 /// A database image taken while it writes (WAL files with zeros past their last record, never
