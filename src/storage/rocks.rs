@@ -123,8 +123,9 @@ fn options() -> Options {
 /// flushing three times; README "On 2026-12-06"): the per-second p99 spikes exactly at the
 /// flushes, and the run's p99 fell in five pairs of six (at 12,000/s 517, 490, 503, 1,068 ms
 /// against 187, 177, 124, 207 (776 in a second try); at 10,000/s 422 and 525 against 200 and
-/// 819). At 256 clients throughput did not change. A flush still gets the idle CPU and, should writes outrun it, RocksDB's own
-/// write slowdown makes room. Best effort: without it only the latency spikes come back.
+/// 819). At 256 clients throughput did not change. A flush still gets the idle CPU and, should
+/// writes outrun it, RocksDB's own write slowdown makes room (60 s at 256 clients: no stall).
+/// Best effort: without it only the latency spikes come back.
 fn lower_background_priority(options: &mut Options) {
     match rocksdb::Env::new() {
         Ok(mut env) => {
