@@ -120,3 +120,66 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         "{parts} vs {whole}"
     );
 }
+
+/// In a 3-node cluster the followers' storage threads write their acknowledgements on the
+/// durable-answer lanes themselves: the lane counter grows with the writes. (Were lanes never
+/// opened, or never used by the write path, every answer would still go through the reactor
+/// and the writes would succeed: only this counter tells.)
+#[test]
+fn followers_acknowledge_on_the_durable_lane() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = |n: u64| format!("127.0.0.1:{}", 23110 + n);
+    let client = |n: u64| format!("127.0.0.1:{}", 22110 + n);
+    let metrics = |n: u64| format!("127.0.0.1:{}", 22120 + n);
+    let list = |addr: &dyn Fn(u64) -> String, skip: Option<u64>| {
+        (1..=3)
+            .filter(|&n| Some(n) != skip)
+            .map(|n| format!("{n}={}", addr(n)))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let _nodes: Vec<Node> = (1..=3)
+        .map(|n| {
+            Node(
+                Command::new(env!("CARGO_BIN_EXE_kahuna"))
+                    .args(["serve", "--id", &n.to_string(), "--partitions", "3"])
+                    .args(["--client-addr", &client(n), "--peer-addr", &peer(n)])
+                    .args(["--peers", &list(&peer, Some(n))])
+                    .args(["--client-addrs", &list(&client, None)])
+                    .args(["--metrics-addr", &metrics(n), "--pin", "none", "--data-dir"])
+                    .arg(dir.path().join(format!("node-{n}")))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("start kahuna serve"),
+            )
+        })
+        .collect();
+    let kv = BlockingClient::new(
+        ClientConfig::new((1..=3).map(client)).deadline(Duration::from_secs(30)),
+    );
+    let lane_frames = || -> f64 {
+        (1..=3)
+            .filter_map(|n| {
+                sample(
+                    &scrape(&metrics(n))?,
+                    "kahuna_durable_lane_frames_total{core=\"0\"}",
+                )
+            })
+            .sum()
+    };
+    // Lanes open once the main connections are up; write until the followers use them.
+    let start = Instant::now();
+    let mut written = 0;
+    while lane_frames() < 10.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no acknowledgement went on a durable lane after {written} writes"
+        );
+        for _ in 0..20 {
+            kv.put(format!("lane-{written}"), "value")
+                .expect("write succeeds");
+            written += 1;
+        }
+    }
+}

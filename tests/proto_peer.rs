@@ -6,7 +6,7 @@ use bytes::Bytes;
 use kahuna::proto::frame::{FrameDecoder, FrameError};
 use kahuna::proto::limits::PEER_FRAME_BYTES_MAX;
 use kahuna::proto::peer::{
-    decode_batch, decode_handshake, message_bytes_bound, Handshake, HandshakeError,
+    decode_batch, decode_handshake, message_bytes_bound, Handshake, HandshakeError, Lane,
     PeerDecodeError, PeerEncodeError, PeerEncoder, PEER_PROTOCOL_VERSION,
 };
 use kahuna::raft::{ConfState, Entry, EntryKind, Message, MessageBody, SnapshotMeta};
@@ -420,6 +420,30 @@ fn handshakes_round_trip_and_check_the_cluster() {
         future.check(0xfeed, 1),
         Err(HandshakeError::UnsupportedVersion { received: 99, .. })
     ));
+}
+
+#[test]
+fn handshakes_carry_the_lane_and_whether_lanes_are_taken() {
+    let mut encoder = PeerEncoder::new();
+    let plain = decode_handshake(encoder.encode_handshake(&Handshake::new(7, 3, 1))).unwrap();
+    assert_eq!(plain.lane, Lane::Main);
+    assert!(!plain.accepts_durable_lane);
+    let lane = Handshake {
+        lane: Lane::DurableAnswers,
+        ..Handshake::new(7, 3, 1)
+    };
+    assert_eq!(
+        decode_handshake(encoder.encode_handshake(&lane)).unwrap(),
+        lane
+    );
+    let answer = Handshake {
+        accepts_durable_lane: true,
+        ..Handshake::new(7, 1, 3)
+    };
+    assert_eq!(
+        decode_handshake(encoder.encode_handshake(&answer)).unwrap(),
+        answer
+    );
 }
 
 #[test]

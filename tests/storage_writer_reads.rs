@@ -340,10 +340,11 @@ fn fetches_riding_with_a_write<B: Backend + 'static>(
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
             let writer = StorageWriter::new(Box::new(backend));
-            let (_engine, fetched) = writer
-                .write_and_fetch(put(2, b"a", b"2"), vec![fetch(b"a"), fetch(b"b")])
+            let fetched = writer
+                .write_and_fetch(put(2, b"a", b"2"), vec![fetch(b"a"), fetch(b"b")], vec![])
                 .await
-                .unwrap();
+                .unwrap()
+                .fetched;
             assert_eq!(fetched.len(), 2, "one answer per fetch, in order");
             let values = fetched.into_iter().flat_map(|f| f.values).collect();
             let after = writer.get(GROUP, Bytes::from_static(b"a")).await.unwrap();

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use glommio::LocalExecutorBuilder;
 use kahuna::proto::frame::{write_frame, FrameDecoder};
-use kahuna::proto::peer::{decode_handshake, Handshake, PeerEncoder};
+use kahuna::proto::peer::{decode_handshake, Handshake, Lane, PeerEncoder};
 use kahuna::raft::{Entry, EntryKind, Message, MessageBody, NodeId};
 use kahuna::transport::{
     InboundBatch, PeerTransport, SendError, TransportConfig, TransportLimits, TransportStats,
@@ -29,6 +29,9 @@ enum Command {
     Send(NodeId, Vec<Message>, mpsc::Sender<Result<usize, SendError>>),
     Stats(mpsc::Sender<TransportStats>),
     Connected(NodeId, mpsc::Sender<bool>),
+    /// Writes the messages on the durable-answer lane as the storage thread does; answers
+    /// whether they went out there (false: no open lane, or the socket did not take them).
+    Lane(NodeId, Vec<Message>, mpsc::Sender<bool>),
 }
 
 /// A transport running on its own executor thread. Dropping it stops the executor.
@@ -183,6 +186,10 @@ impl Node {
         self.command(|reply| Command::Connected(peer, reply))
     }
 
+    fn send_on_lane(&self, to: NodeId, messages: Vec<Message>) -> bool {
+        self.command(|reply| Command::Lane(to, messages, reply))
+    }
+
     /// Receives batches until `count` messages arrived (heartbeats skipped).
     fn receive_messages(&self, count: usize) -> Vec<(NodeId, Message)> {
         let deadline = Instant::now() + DEADLINE;
@@ -227,6 +234,17 @@ fn serve(transport: &PeerTransport, command: Command) {
         }
         Command::Connected(peer, reply) => {
             let _ = reply.send(transport.is_connected(peer));
+        }
+        Command::Lane(peer, messages, reply) => {
+            let answers = BTreeMap::from([(peer, messages)]);
+            let frames = transport.lane_frames(&answers);
+            let sent: Vec<_> = frames
+                .iter()
+                .filter(|frame| frame.lane.try_send(&frame.frame))
+                .map(|frame| (frame.lane.peer(), frame.messages, frame.frame.len()))
+                .collect();
+            transport.lane_frames_sent(&sent);
+            let _ = reply.send(!sent.is_empty());
         }
     }
 }
@@ -507,7 +525,13 @@ fn a_wrong_cluster_is_refused_while_the_right_one_works() {
     right.write_all(&handshake_frame(CLUSTER, 3, 2)).unwrap();
     let answer = read_one_frame(&mut right).expect("B answers a right handshake");
     let answer = decode_handshake(&answer).unwrap();
-    assert_eq!(answer, Handshake::new(CLUSTER, 2, 3));
+    assert_eq!(
+        answer,
+        Handshake {
+            accepts_durable_lane: true,
+            ..Handshake::new(CLUSTER, 2, 3)
+        }
+    );
     assert_eq!(answer.check(CLUSTER, 3), Ok(()));
 
     // B's messages never reached C, and nothing from C reached B.
@@ -625,4 +649,87 @@ fn a_restarted_peer_is_reconnected() {
     let stats = a.stats();
     assert_eq!(stats.connections_established, 2);
     assert_eq!(stats.connections_lost, 1);
+}
+
+#[test]
+fn answers_written_on_the_durable_lane_arrive_beside_the_main_connection() {
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let a = Node::start(config(1, CLUSTER, addr_a, &[(2, addr_b)]));
+    let b = Node::start(config(2, CLUSTER, addr_b, &[(1, addr_a)]));
+    wait_until("A opened its lane to B", || {
+        a.stats().lanes_established == 1
+    });
+    let answers: Vec<Message> = (0..4).map(|group| vote(1, 2, group)).collect();
+    assert!(
+        a.send_on_lane(2, answers.clone()),
+        "the open lane takes the frame"
+    );
+    let received: Vec<Message> = b.receive_messages(4).into_iter().map(|(_, m)| m).collect();
+    assert_eq!(received, answers);
+    // The main connection still works beside it: B kept both (neither replaced the other).
+    a.send(2, vec![vote(1, 2, 9)]).unwrap();
+    assert_eq!(b.receive_messages(1), vec![(1, vote(1, 2, 9))]);
+    let stats = a.stats();
+    assert_eq!(stats.lane_frames_sent, 1);
+    assert_eq!(
+        stats.messages_sent, 5,
+        "lane messages count as sent: {stats:?}"
+    );
+    assert_eq!(stats.connections_established, 1);
+    assert_eq!(stats.connections_lost, 0);
+    assert_eq!(
+        b.stats().inbound_accepted,
+        2,
+        "one main connection and one lane"
+    );
+}
+
+#[test]
+fn a_lane_is_reopened_after_the_peer_restarts() {
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let a = Node::start(config(1, CLUSTER, addr_a, &[(2, addr_b)]));
+    let b = Node::start(config(2, CLUSTER, addr_b, &[(1, addr_a)]));
+    wait_until("A opened its lane to B", || {
+        a.stats().lanes_established == 1
+    });
+    drop(b);
+    wait_until("A noticed B went away", || !a.is_connected(2));
+    assert!(
+        !a.send_on_lane(2, vec![vote(1, 2, 1)]),
+        "no lane while B is down: the caller sends the usual way"
+    );
+    let b = Node::start(config(2, CLUSTER, addr_b, &[(1, addr_a)]));
+    wait_until("A reopened its lane", || a.stats().lanes_established == 2);
+    assert!(a.send_on_lane(2, vec![vote(1, 2, 2)]));
+    assert_eq!(b.receive_messages(1), vec![(1, vote(1, 2, 2))]);
+}
+
+#[test]
+fn no_lane_is_opened_to_a_peer_that_does_not_take_lanes() {
+    // B is a node of an older build: it answers the main handshake without offering lanes.
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let addr_b = listener.local_addr().unwrap();
+    let addr_a = free_addr();
+    let a = Node::start(config(1, CLUSTER, addr_a, &[(2, addr_b)]));
+    let (mut main, _) = listener.accept().unwrap();
+    main.set_read_timeout(Some(DEADLINE)).unwrap();
+    let hello = decode_handshake(&read_one_frame(&mut main).expect("A's handshake")).unwrap();
+    assert_eq!(hello.lane, Lane::Main);
+    main.write_all(&handshake_frame(CLUSTER, 2, 1)).unwrap();
+    wait_until("A connected", || a.is_connected(2));
+    // A lane would be dialled within a lane check interval (250 ms) of the connection; give it
+    // several.
+    listener.set_nonblocking(true).unwrap();
+    let watch_until = Instant::now() + Duration::from_millis(1_500);
+    while Instant::now() < watch_until {
+        match listener.accept() {
+            Ok((_stream, from)) => panic!("A dialled a second connection from {from}"),
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(error) => panic!("accept: {error}"),
+        }
+    }
+    assert!(!a.send_on_lane(2, vec![vote(1, 2, 1)]));
+    assert_eq!(a.stats().lanes_established, 0);
 }

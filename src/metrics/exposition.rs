@@ -167,9 +167,20 @@ pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone)
         "counter",
         "Write-path timing samples lost to the bounded in-flight tables.",
     );
-    for (core, metrics) in cores {
+    for (core, metrics) in cores.clone() {
         let dropped = metrics.stage_samples_dropped.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{core=\"{core}\"}} {dropped}");
+    }
+    let name = "kahuna_durable_lane_frames_total";
+    header(
+        &mut out,
+        name,
+        "counter",
+        "Frames of durable answers (acknowledgements, votes) the storage thread wrote itself on a peer's durable-answer lane.",
+    );
+    for (core, metrics) in cores {
+        let frames = metrics.lane_frames.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {frames}");
     }
     out
 }

@@ -103,6 +103,9 @@ pub struct CoreMetrics {
     pub requests: [[AtomicU64; ERROR_CODES]; 6],
     /// Proposal timestamps forgotten because the in-flight table was full (stage samples lost).
     pub stage_samples_dropped: AtomicU64,
+    /// Frames of durable answers the storage thread wrote on a peer's durable-answer lane
+    /// (the rest went through the reactor).
+    pub lane_frames: AtomicU64,
 }
 
 fn micros(duration: Duration) -> u64 {

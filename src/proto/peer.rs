@@ -119,6 +119,8 @@ pub enum PeerDecodeError {
     },
     #[error("snapshot configuration of group {group} is not canonical (sorted, unique, disjoint, non-zero)")]
     NonCanonicalConfState { group: GroupId },
+    #[error("handshake names unknown connection lane {lane}")]
+    UnknownLane { lane: u8 },
 }
 
 /// Why a handshake is refused; the connection is closed with this as the logged reason.
@@ -145,6 +147,38 @@ pub struct Handshake {
     pub node_id: NodeId,
     /// The node the sender means to reach, or [`NO_NODE`] when it does not know.
     pub to_node_id: NodeId,
+    /// The dialer's: what the connection carries.
+    pub lane: Lane,
+    /// The acceptor's answer on a main connection: it takes [`Lane::DurableAnswers`].
+    pub accepts_durable_lane: bool,
+}
+
+/// What a peer connection carries (chosen by its dialer, in its handshake).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Lane {
+    /// Everything the core sends the peer.
+    Main,
+    /// Only messages that may leave once a write is durable (acknowledgements, votes), written
+    /// by the core's storage thread right after its sync: the core's reactor does not have to
+    /// wake for them first. Any of them may also travel on the main connection.
+    DurableAnswers,
+}
+
+impl Lane {
+    fn to_wire(self) -> u8 {
+        match self {
+            Lane::Main => 0,
+            Lane::DurableAnswers => 1,
+        }
+    }
+
+    fn from_wire(value: u8) -> Option<Lane> {
+        match value {
+            0 => Some(Lane::Main),
+            1 => Some(Lane::DurableAnswers),
+            _ => None,
+        }
+    }
 }
 
 impl Handshake {
@@ -155,6 +189,8 @@ impl Handshake {
             cluster_id,
             node_id,
             to_node_id,
+            lane: Lane::Main,
+            accepts_durable_lane: false,
         }
     }
 
@@ -337,6 +373,8 @@ impl PeerEncoder {
                 cluster_id: handshake.cluster_id,
                 node_id: handshake.node_id,
                 to_node_id: handshake.to_node_id,
+                lane: handshake.lane.to_wire(),
+                accepts_durable_lane: handshake.accepts_durable_lane,
             },
         );
         builder.finish_size_prefixed(root, Some(HANDSHAKE_IDENTIFIER));
@@ -726,11 +764,16 @@ pub fn decode_handshake(frame: &[u8]) -> Result<Handshake, PeerDecodeError> {
     }
     let handshake =
         flatbuffers::size_prefixed_root_with_opts::<fb::Handshake>(&PEER_VERIFIER_OPTIONS, frame)?;
+    let lane = Lane::from_wire(handshake.lane()).ok_or(PeerDecodeError::UnknownLane {
+        lane: handshake.lane(),
+    })?;
     Ok(Handshake {
         protocol_version: handshake.protocol_version(),
         cluster_id: handshake.cluster_id(),
         node_id: handshake.node_id(),
         to_node_id: handshake.to_node_id(),
+        lane,
+        accepts_durable_lane: handshake.accepts_durable_lane(),
     })
 }
 
@@ -923,6 +966,27 @@ fn clear_bounded<T>(list: &mut Vec<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_handshake_naming_an_unknown_lane_is_refused() {
+        let mut builder = FlatBufferBuilder::new();
+        let root = fb::Handshake::create(
+            &mut builder,
+            &fb::HandshakeArgs {
+                protocol_version: PEER_PROTOCOL_VERSION,
+                cluster_id: 7,
+                node_id: 3,
+                to_node_id: 1,
+                lane: 9,
+                accepts_durable_lane: false,
+            },
+        );
+        builder.finish_size_prefixed(root, Some(HANDSHAKE_IDENTIFIER));
+        assert_eq!(
+            decode_handshake(builder.finished_data()),
+            Err(PeerDecodeError::UnknownLane { lane: 9 })
+        );
+    }
 
     /// A batch from 1 to 2 holding one message built by `body`.
     fn crafted(

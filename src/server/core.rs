@@ -14,6 +14,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -366,14 +367,30 @@ async fn write_batches(
     while let Some((batch, received, fetches)) = collected.recv().await {
         // Nothing to write: every earlier batch is written first (this task writes them in
         // order), so this one is as durable as they are, without a sync.
+        let mut lanes_sent = Vec::new();
         if !batch.write.is_empty() {
             let writing = Instant::now();
-            let written = state.storage.write_and_fetch(batch.write, fetches).await;
+            let lane_frames = state.transport.lane_frames(batch.token.after_persist());
+            let written = state
+                .storage
+                .write_and_fetch(batch.write, fetches, lane_frames)
+                .await;
             state.written_since_release.set(Some(Instant::now()));
             match written {
-                Ok((engine, fetched)) => {
-                    crate::metrics::core(state.core).storage_written(writing.elapsed(), engine);
-                    fill_fetched(&state, fetched);
+                Ok(written) => {
+                    crate::metrics::core(state.core)
+                        .storage_written(writing.elapsed(), written.engine);
+                    if let (Some(received), false) = (received, written.lanes_sent.is_empty()) {
+                        crate::metrics::core(state.core).follower_acked(
+                            written.lanes_sent_at.saturating_duration_since(received),
+                        );
+                    }
+                    state.transport.lane_frames_sent(&written.lanes_sent);
+                    crate::metrics::core(state.core)
+                        .lane_frames
+                        .fetch_add(written.lanes_sent.len() as u64, Ordering::Relaxed);
+                    lanes_sent = written.lanes_sent;
+                    fill_fetched(&state, written.fetched);
                 }
                 Err(error) => {
                     // A failed write leaves the log in an unknown state: stop serving rather than
@@ -388,6 +405,11 @@ async fn write_batches(
             }
         }
         let after = state.shard.borrow_mut().persisted(batch.token);
+        // Peers whose answers the pool thread wrote on their durable-answer lane are done.
+        let after: Vec<_> = after
+            .into_iter()
+            .filter(|(peer, _)| !lanes_sent.iter().any(|(sent, _, _)| sent == peer))
+            .collect();
         if let (Some(received), false) = (received, after.is_empty()) {
             crate::metrics::core(state.core).follower_acked(received.elapsed());
         }

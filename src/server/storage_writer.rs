@@ -16,10 +16,11 @@ use bytes::Bytes;
 use crate::kv::{
     fetch_blocking, BackendReader, ConcurrentReader, Fetch, Fetched, KvReader, ReadError,
 };
-use crate::raft::GroupId;
+use crate::raft::{GroupId, NodeId};
 use crate::storage::{
     Backend, ConcurrentKvReader, RecoveryState, Result, StorageError, WriteBatch,
 };
+use crate::transport::LaneFrame;
 
 /// Bytes per frame of a snapshot image (the Raft core re-chunks the image for the wire).
 const SNAPSHOT_CHUNK_BYTES: usize = 256 << 10;
@@ -35,6 +36,18 @@ fn concat(
         data.extend_from_slice(&chunk);
     }
     Ok((meta, Bytes::from(data)))
+}
+
+/// What one batch's trip to the blocking pool did.
+pub struct Written {
+    /// The engine's own write call (and sync).
+    pub engine: Duration,
+    /// The fetches that rode along.
+    pub fetched: Vec<Fetched>,
+    /// The lane frames written: (peer, messages, bytes). Those peers' answers are sent.
+    pub lanes_sent: Vec<(NodeId, usize, usize)>,
+    /// When the pool thread was done with them.
+    pub lanes_sent_at: Instant,
 }
 
 #[derive(Clone)]
@@ -106,8 +119,8 @@ impl StorageWriter {
     /// the cost of the hand-off (to a pool thread and back to the reactor), which the
     /// write-path metrics report apart from the engine's write and sync.
     pub async fn write(&self, batch: WriteBatch) -> Result<Duration> {
-        let (engine, _) = self.write_and_fetch(batch, Vec::new()).await?;
-        Ok(engine)
+        let written = self.write_and_fetch(batch, Vec::new(), Vec::new()).await?;
+        Ok(written.engine)
     }
 
     /// [`StorageWriter::write`], with the state machine's `fetches` read in the same trip to
@@ -117,11 +130,17 @@ impl StorageWriter {
     /// completion, so only fetches nothing waits on sooner should ride here (reads ahead of an
     /// apply that itself waits for a commit). Reading before the batch is written is what a
     /// fetch beside the write may see anyway (see [`StorageWriter::fetch`]).
+    ///
+    /// `lane_frames` are the answers the batch releases, for peers with an open durable-answer
+    /// lane: written by the pool thread itself once the write returned (durable when the batch
+    /// syncs), so the reactor need not wake before they leave. Never before: a failed write
+    /// sends nothing.
     pub async fn write_and_fetch(
         &self,
         batch: WriteBatch,
         fetches: Vec<Fetch>,
-    ) -> Result<(Duration, Vec<Fetched>)> {
+        lane_frames: Vec<LaneFrame>,
+    ) -> Result<Written> {
         let backend = self.backend.clone();
         let reader = self.reader.clone();
         glommio::executor()
@@ -133,7 +152,19 @@ impl StorageWriter {
                 };
                 let started = Instant::now();
                 backend.write(&batch)?;
-                Ok((started.elapsed(), fetched))
+                let engine = started.elapsed();
+                drop(backend);
+                let lanes_sent = lane_frames
+                    .iter()
+                    .filter(|sending| sending.lane.try_send(&sending.frame))
+                    .map(|sent| (sent.lane.peer(), sent.messages, sent.frame.len()))
+                    .collect();
+                Ok(Written {
+                    engine,
+                    fetched,
+                    lanes_sent,
+                    lanes_sent_at: Instant::now(),
+                })
             })
             .await
     }

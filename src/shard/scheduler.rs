@@ -193,6 +193,15 @@ pub struct PersistToken {
     after_persist: BTreeMap<NodeId, Vec<Message>>,
 }
 
+impl PersistToken {
+    /// The messages that may leave once the batch is durable, by peer (what
+    /// [`Shard::persisted`] hands back): the caller may send them itself as soon as the write
+    /// is durable, before telling the shard.
+    pub fn after_persist(&self) -> &BTreeMap<NodeId, Vec<Message>> {
+        &self.after_persist
+    }
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ShardStats {
     pub groups: usize,

@@ -5,17 +5,20 @@ use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::TcpListener;
 use glommio::Task;
 
 use super::config::{TransportConfig, TransportLimits};
+use super::durable_lane::{DurableLane, LaneFrame};
 use super::error::{SendError, TransportError};
 use super::inbound::{accept_loop, InboundRegistry};
-use super::outbound::run_writer;
+use super::outbound::{run_lane, run_writer};
 use super::queue::PeerQueue;
 use super::stats::{add, Counters, TransportStats};
+use crate::proto::peer::PeerEncoder;
 use crate::raft::{Message, NodeId};
 
 /// Messages from one peer node, decoded from one frame, in the frame's order. Empty
@@ -44,6 +47,11 @@ pub(crate) struct PeerLink {
     pub(crate) addr: SocketAddr,
     pub(crate) queue: RefCell<PeerQueue>,
     pub(crate) connected: Cell<bool>,
+    /// The peer's answer on the current (or last) main connection said it takes
+    /// durable-answer lanes.
+    pub(crate) takes_lane: Cell<bool>,
+    /// The durable-answer lane to this peer (open or not).
+    pub(crate) lane: Arc<DurableLane>,
 }
 
 /// The peer transport of one core. Not `Send`: it lives and dies on its executor's thread.
@@ -54,6 +62,9 @@ pub struct PeerTransport {
     // Dropping a glommio `Task` cancels it: these stop with the transport.
     _accept_task: Task<()>,
     _writer_tasks: Vec<Task<()>>,
+    /// Encodes frames for the durable-answer lanes (kept apart from the writers' encoders,
+    /// which live in their tasks).
+    lane_encoder: RefCell<PeerEncoder>,
 }
 
 impl PeerTransport {
@@ -90,6 +101,8 @@ impl PeerTransport {
             inbound_sender,
             inbound: RefCell::new(InboundRegistry::default()),
         });
+        let lane_encoder =
+            RefCell::new(PeerEncoder::new().with_frame_bytes_max(limits.frame_bytes_max));
         let links: BTreeMap<NodeId, Rc<PeerLink>> = config
             .peers
             .iter()
@@ -101,13 +114,20 @@ impl PeerTransport {
                     addr,
                     queue: RefCell::new(queue),
                     connected: Cell::new(false),
+                    takes_lane: Cell::new(false),
+                    lane: Arc::new(DurableLane::new(node)),
                 };
                 (node, Rc::new(link))
             })
             .collect();
         let writer_tasks = links
             .values()
-            .map(|link| glommio::spawn_local(run_writer(link.clone(), shared.clone())))
+            .flat_map(|link| {
+                [
+                    glommio::spawn_local(run_writer(link.clone(), shared.clone())),
+                    glommio::spawn_local(run_lane(link.clone(), shared.clone())),
+                ]
+            })
             .collect();
         let accept_task = glommio::spawn_local(accept_loop(listener, shared.clone()));
         let transport = PeerTransport {
@@ -116,6 +136,7 @@ impl PeerTransport {
             local_addr,
             _accept_task: accept_task,
             _writer_tasks: writer_tasks,
+            lane_encoder,
         };
         Ok((transport, inbound_receiver))
     }
@@ -147,6 +168,47 @@ impl PeerTransport {
         let dropped = link.queue.borrow_mut().push(messages);
         add(&self.shared.counters.messages_dropped_queue_full, dropped);
         Ok(dropped)
+    }
+
+    /// Frames for the peers in `answers` whose durable-answer lane is open: each peer's
+    /// messages as one frame, for the storage thread to write once the batch that released them
+    /// is durable ([`LaneFrame`]). A peer without an open lane, or whose messages do not fit in
+    /// one frame, is left out: its messages go through [`PeerTransport::send`] as usual. Call
+    /// [`PeerTransport::lane_frames_sent`] with what the storage thread wrote.
+    pub fn lane_frames(&self, answers: &BTreeMap<NodeId, Vec<Message>>) -> Vec<LaneFrame> {
+        let local = self.shared.local_node;
+        let mut encoder = self.lane_encoder.borrow_mut();
+        let mut frames = Vec::new();
+        for (peer, messages) in answers {
+            let Some(link) = self.links.get(peer) else {
+                continue;
+            };
+            if messages.is_empty() || !link.lane.is_open() {
+                continue;
+            }
+            if let Ok(encoded) = encoder.encode_batch(local, *peer, messages) {
+                if encoded.messages_encoded == messages.len() {
+                    frames.push(LaneFrame {
+                        lane: link.lane.clone(),
+                        frame: encoded.frame.to_vec(),
+                        messages: messages.len(),
+                    });
+                }
+            }
+        }
+        frames
+    }
+
+    /// Counts the lane frames the storage thread wrote (`sent`, as returned by
+    /// [`LaneFrame`]'s sends) with the other sent frames.
+    pub fn lane_frames_sent(&self, sent: &[(NodeId, usize, usize)]) {
+        let counters = &self.shared.counters;
+        for &(_peer, messages, bytes) in sent {
+            add(&counters.frames_sent, 1);
+            add(&counters.messages_sent, messages);
+            add(&counters.bytes_sent, bytes);
+            add(&counters.lane_frames_sent, 1);
+        }
     }
 
     /// The counters since start.
@@ -192,6 +254,10 @@ impl Drop for PeerTransport {
         let tasks = self.shared.inbound.borrow_mut().take_all();
         for task in tasks {
             task.cancel();
+        }
+        // A storage thread may still hold a lane: close the sockets now, not when it lets go.
+        for link in self.links.values() {
+            link.lane.close();
         }
     }
 }

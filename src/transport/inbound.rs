@@ -19,7 +19,7 @@ use super::log::transport_log;
 use super::stats::add;
 use super::wire::{read_frame, read_handshake, write_frame, READ_CHUNK_BYTES};
 use crate::proto::frame::FrameDecoder;
-use crate::proto::peer::{decode_batch, Handshake, PeerEncoder};
+use crate::proto::peer::{decode_batch, Handshake, Lane, PeerEncoder};
 use crate::raft::NodeId;
 
 /// The open inbound connections, so they can be counted, replaced, and stopped with the
@@ -33,8 +33,8 @@ pub(crate) struct InboundRegistry {
 struct InboundEntry {
     /// `None` for the moment between registering and spawning.
     task: Option<JoinHandle<()>>,
-    /// The peer, once its handshake is accepted.
-    node: Option<NodeId>,
+    /// The peer and the connection's lane, once its handshake is accepted.
+    node: Option<(NodeId, Lane)>,
 }
 
 impl InboundRegistry {
@@ -59,17 +59,18 @@ impl InboundRegistry {
         }
     }
 
-    /// Records that connection `id` is `node`'s, and hands back the tasks of that node's older
-    /// connections for the caller to cancel (outside this borrow).
-    fn claim(&mut self, id: u64, node: NodeId) -> Vec<JoinHandle<()>> {
+    /// Records that connection `id` is `node`'s `lane`, and hands back the tasks of that node's
+    /// older connections of the same lane for the caller to cancel (outside this borrow): a
+    /// peer keeps one main connection and one durable-answer lane.
+    fn claim(&mut self, id: u64, node: NodeId, lane: Lane) -> Vec<JoinHandle<()>> {
         let older: Vec<u64> = self
             .connections
             .iter()
-            .filter(|(&other, entry)| other != id && entry.node == Some(node))
+            .filter(|(&other, entry)| other != id && entry.node == Some((node, lane)))
             .map(|(&other, _)| other)
             .collect();
         if let Some(entry) = self.connections.get_mut(&id) {
-            entry.node = Some(node);
+            entry.node = Some((node, lane));
         }
         older
             .into_iter()
@@ -173,10 +174,10 @@ async fn serve(
     shared: &Rc<Shared>,
     node: &mut Option<NodeId>,
 ) -> Result<(), ConnectionError> {
-    let peer = accept_handshake(&mut stream, shared).await?;
+    let (peer, lane) = accept_handshake(&mut stream, shared).await?;
     *node = Some(peer);
     add(&shared.counters.inbound_accepted, 1);
-    let older = shared.inbound.borrow_mut().claim(id, peer);
+    let older = shared.inbound.borrow_mut().claim(id, peer, lane);
     for task in older {
         transport_log!(
             shared.local_node,
@@ -188,11 +189,13 @@ async fn serve(
     receive_batches(&mut stream, peer, shared).await
 }
 
-/// Reads and checks the dialer's handshake, then answers with ours. Returns the peer's id.
+/// Reads and checks the dialer's handshake, then answers with ours (saying we take
+/// durable-answer lanes). Returns the peer's id and the connection's lane; both lanes carry
+/// batches the same way.
 async fn accept_handshake(
     stream: &mut TcpStream,
     shared: &Shared,
-) -> Result<NodeId, ConnectionError> {
+) -> Result<(NodeId, Lane), ConnectionError> {
     // Small frames both ways: waiting for the batch of a Nagle timer would be pure latency.
     stream.set_nodelay(true)?;
     let hello = read_handshake(stream, shared.limits.handshake_timeout).await?;
@@ -200,10 +203,11 @@ async fn accept_handshake(
     if !shared.peers.contains_key(&hello.node_id) {
         return Err(ConnectionError::UnknownPeer(hello.node_id));
     }
-    let answer = Handshake::new(shared.cluster_id, shared.local_node, hello.node_id);
+    let mut answer = Handshake::new(shared.cluster_id, shared.local_node, hello.node_id);
+    answer.accepts_durable_lane = true;
     let mut encoder = PeerEncoder::new();
     write_frame(stream, encoder.encode_handshake(&answer)).await?;
-    Ok(hello.node_id)
+    Ok((hello.node_id, hello.lane))
 }
 
 async fn receive_batches(

@@ -19,6 +19,7 @@
 
 mod backoff;
 mod config;
+mod durable_lane;
 mod error;
 mod handle;
 mod inbound;
@@ -29,6 +30,7 @@ mod stats;
 mod wire;
 
 pub use config::{TransportConfig, TransportLimits};
+pub use durable_lane::{DurableLane, LaneFrame, LANE_STALL_TIMEOUT};
 pub use error::{ConfigError, SendError, TransportError};
 pub use handle::{InboundBatch, PeerTransport};
 pub use stats::TransportStats;

@@ -7,18 +7,20 @@
 //! are lost and counted: Raft retransmits what matters.
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use futures_lite::AsyncWrite;
 use glommio::net::TcpStream;
 
 use super::backoff::Backoff;
+use super::durable_lane;
 use super::error::ConnectionError;
 use super::handle::{PeerLink, Shared};
 use super::log::transport_log;
 use super::queue::Drained;
 use super::stats::add;
 use super::wire::{read_handshake, wait_for_close, write_frame};
-use crate::proto::peer::{Handshake, PeerEncoder};
+use crate::proto::peer::{Handshake, Lane, PeerEncoder};
 use crate::raft::Message;
 
 /// Runs until the transport is dropped (which cancels this task).
@@ -90,7 +92,72 @@ async fn connect(
             answered: answer.node_id,
         });
     }
+    link.takes_lane.set(answer.accepts_durable_lane);
     Ok(stream)
+}
+
+/// How often an open durable-answer lane is checked for a peer that closed it (the storage
+/// thread finds a broken one at its next write anyway).
+const LANE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
+
+/// Keeps `link`'s durable-answer lane open while the main connection is up and the peer takes
+/// lanes: connects it on a helper thread (blocking connect and handshake never run on the
+/// reactor), checks it, and reconnects with backoff. Runs until the transport is dropped.
+pub(crate) async fn run_lane(link: Rc<PeerLink>, shared: Rc<Shared>) {
+    let limits = shared.limits;
+    let local = shared.local_node;
+    let mut backoff = Backoff::new(limits.reconnect_backoff_min, limits.reconnect_backoff_max);
+    let mut encoder = PeerEncoder::new();
+    loop {
+        if !(link.connected.get() && link.takes_lane.get()) {
+            link.lane.close();
+            glommio::timer::sleep(LANE_CHECK_INTERVAL).await;
+            continue;
+        }
+        let mut hello = Handshake::new(shared.cluster_id, local, link.node);
+        hello.lane = Lane::DurableAnswers;
+        let hello = encoder.encode_handshake(&hello).to_vec();
+        let (addr, cluster_id, peer) = (link.addr, shared.cluster_id, link.node);
+        let timeout = limits.handshake_timeout;
+        let (sender, receiver) = flume::bounded(1);
+        let spawned = std::thread::Builder::new()
+            .name("kahuna-lane-connect".into())
+            .spawn(move || {
+                let connected =
+                    durable_lane::connect_blocking(addr, &hello, cluster_id, local, peer, timeout);
+                let _ = sender.send(connected);
+            });
+        let connected = match spawned {
+            Ok(_) => {
+                let deadline = async {
+                    glommio::timer::sleep(timeout + Duration::from_millis(100)).await;
+                    None
+                };
+                futures_lite::future::or(async { receiver.recv_async().await.ok() }, deadline).await
+            }
+            Err(_) => None,
+        };
+        match connected {
+            Some(Ok(stream)) => {
+                backoff.reset();
+                link.lane.install(stream);
+                add(&shared.counters.lanes_established, 1);
+                while link.connected.get() && link.lane.check() {
+                    glommio::timer::sleep(LANE_CHECK_INTERVAL).await;
+                }
+                link.lane.close();
+            }
+            Some(Err(error)) => {
+                add(&shared.counters.connect_failures, 1);
+                transport_log!(
+                    local,
+                    "cannot open the durable-answer lane to node {peer} at {addr}: {error}"
+                );
+            }
+            None => add(&shared.counters.connect_failures, 1),
+        }
+        glommio::timer::sleep(backoff.next_delay()).await;
+    }
 }
 
 /// Writes whatever the queue holds, as it arrives, until the connection fails. Returns why.

@@ -37,6 +37,10 @@ pub struct TransportStats {
     pub inbound_refused: u64,
     /// Established inbound connections closed for a protocol error (bad frame, bad batch).
     pub inbound_errors: u64,
+    /// Durable-answer lanes opened (their handshake answered).
+    pub lanes_established: u64,
+    /// Frames the storage thread wrote on a durable-answer lane (also in `frames_sent`).
+    pub lane_frames_sent: u64,
 }
 
 impl TransportStats {
@@ -65,6 +69,8 @@ pub(crate) struct Counters {
     pub(crate) inbound_accepted: Cell<u64>,
     pub(crate) inbound_refused: Cell<u64>,
     pub(crate) inbound_errors: Cell<u64>,
+    pub(crate) lanes_established: Cell<u64>,
+    pub(crate) lane_frames_sent: Cell<u64>,
 }
 
 /// Adds `amount` to a counter (saturating: a counter must never be the reason for a panic).
@@ -91,6 +97,8 @@ impl Counters {
             inbound_accepted: self.inbound_accepted.get(),
             inbound_refused: self.inbound_refused.get(),
             inbound_errors: self.inbound_errors.get(),
+            lanes_established: self.lanes_established.get(),
+            lane_frames_sent: self.lane_frames_sent.get(),
         }
     }
 }

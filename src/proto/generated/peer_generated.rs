@@ -600,6 +600,8 @@ impl<'a> Handshake<'a> {
   pub const VT_CLUSTER_ID: ::flatbuffers::VOffsetT = 6;
   pub const VT_NODE_ID: ::flatbuffers::VOffsetT = 8;
   pub const VT_TO_NODE_ID: ::flatbuffers::VOffsetT = 10;
+  pub const VT_LANE: ::flatbuffers::VOffsetT = 12;
+  pub const VT_ACCEPTS_DURABLE_LANE: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -615,6 +617,8 @@ impl<'a> Handshake<'a> {
     builder.add_node_id(args.node_id);
     builder.add_cluster_id(args.cluster_id);
     builder.add_protocol_version(args.protocol_version);
+    builder.add_accepts_durable_lane(args.accepts_durable_lane);
+    builder.add_lane(args.lane);
     builder.finish()
   }
 
@@ -652,6 +656,26 @@ impl<'a> Handshake<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<u64>(Handshake::VT_TO_NODE_ID, Some(0)).unwrap()}
   }
+  /// The dialer's: what the connection carries. 0 = the core's main connection (everything
+  /// the core sends); 1 = its durable-answer lane (only messages that may leave once a write
+  /// is durable, written by the core's storage thread right after the sync). The acceptor
+  /// keeps one connection of each lane per peer. An acceptor that predates the field reads 0.
+  #[inline]
+  pub fn lane(&self) -> u8 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u8>(Handshake::VT_LANE, Some(0)).unwrap()}
+  }
+  /// The acceptor's answer on a main connection: it takes durable-answer lanes. A dialer
+  /// opens a lane only to a peer that said so (one that predates the field says false).
+  #[inline]
+  pub fn accepts_durable_lane(&self) -> bool {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<bool>(Handshake::VT_ACCEPTS_DURABLE_LANE, Some(false)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Handshake<'_> {
@@ -664,6 +688,8 @@ impl ::flatbuffers::Verifiable for Handshake<'_> {
      .visit_field::<u64>("cluster_id", Self::VT_CLUSTER_ID, false)?
      .visit_field::<u64>("node_id", Self::VT_NODE_ID, false)?
      .visit_field::<u64>("to_node_id", Self::VT_TO_NODE_ID, false)?
+     .visit_field::<u8>("lane", Self::VT_LANE, false)?
+     .visit_field::<bool>("accepts_durable_lane", Self::VT_ACCEPTS_DURABLE_LANE, false)?
      .finish();
     Ok(())
   }
@@ -673,6 +699,8 @@ pub struct HandshakeArgs {
     pub cluster_id: u64,
     pub node_id: u64,
     pub to_node_id: u64,
+    pub lane: u8,
+    pub accepts_durable_lane: bool,
 }
 impl<'a> Default for HandshakeArgs {
   #[inline]
@@ -682,6 +710,8 @@ impl<'a> Default for HandshakeArgs {
       cluster_id: 0,
       node_id: 0,
       to_node_id: 0,
+      lane: 0,
+      accepts_durable_lane: false,
     }
   }
 }
@@ -708,6 +738,14 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> HandshakeBuilder<'a, 'b, A> {
     self.fbb_.push_slot::<u64>(Handshake::VT_TO_NODE_ID, to_node_id, 0);
   }
   #[inline]
+  pub fn add_lane(&mut self, lane: u8) {
+    self.fbb_.push_slot::<u8>(Handshake::VT_LANE, lane, 0);
+  }
+  #[inline]
+  pub fn add_accepts_durable_lane(&mut self, accepts_durable_lane: bool) {
+    self.fbb_.push_slot::<bool>(Handshake::VT_ACCEPTS_DURABLE_LANE, accepts_durable_lane, false);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> HandshakeBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     HandshakeBuilder {
@@ -729,6 +767,8 @@ impl ::core::fmt::Debug for Handshake<'_> {
       ds.field("cluster_id", &self.cluster_id());
       ds.field("node_id", &self.node_id());
       ds.field("to_node_id", &self.to_node_id());
+      ds.field("lane", &self.lane());
+      ds.field("accepts_durable_lane", &self.accepts_durable_lane());
       ds.finish()
   }
 }
