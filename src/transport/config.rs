@@ -49,6 +49,7 @@ pub struct TransportLimits {
     /// backpressure) rather than buffering.
     pub inbound_batches_max: usize,
     /// Inbound connections open at once (handshaking or established); more are closed at once.
+    /// A peer keeps two: its main connection and its durable-answer lane.
     pub inbound_connections_max: usize,
 }
 
@@ -62,7 +63,7 @@ impl Default for TransportLimits {
             reconnect_backoff_max: Duration::from_secs(1),
             handshake_timeout: Duration::from_secs(5),
             inbound_batches_max: 1_024,
-            inbound_connections_max: 64,
+            inbound_connections_max: 128,
         }
     }
 }

@@ -13,6 +13,12 @@
 //! means a refused dialer learns it at once (and backs off) instead of writing into a socket
 //! that is about to be closed.
 //!
+//! Lanes: the dialer's handshake names the connection's lane. Besides its main connection a
+//! core opens a durable-answer lane to each peer whose answer offered one
+//! (`accepts_durable_lane`); only the core's storage thread writes it, whole frames of answers
+//! a synced batch released ([`DurableLane`]). The acceptor keeps one connection per peer and
+//! lane, and reads both the same way.
+//!
 //! Use: inside a glommio executor call [`PeerTransport::start`]; feed the returned receiver into
 //! the core loop; call [`PeerTransport::send`] with every message the loop has for a peer.
 //! Dropping the transport stops every task it started.
