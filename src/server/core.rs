@@ -368,6 +368,7 @@ async fn write_batches(
         // Nothing to write: every earlier batch is written first (this task writes them in
         // order), so this one is as durable as they are, without a sync.
         let mut lanes_sent = Vec::new();
+        let mut lanes_sent_at = None;
         if !batch.write.is_empty() {
             let writing = Instant::now();
             let lane_frames = state.transport.lane_frames(batch.token.after_persist());
@@ -380,10 +381,8 @@ async fn write_batches(
                 Ok(written) => {
                     crate::metrics::core(state.core)
                         .storage_written(writing.elapsed(), written.engine);
-                    if let (Some(received), false) = (received, written.lanes_sent.is_empty()) {
-                        crate::metrics::core(state.core).follower_acked(
-                            written.lanes_sent_at.saturating_duration_since(received),
-                        );
+                    if !written.lanes_sent.is_empty() {
+                        lanes_sent_at = Some(written.lanes_sent_at);
                     }
                     state.transport.lane_frames_sent(&written.lanes_sent);
                     crate::metrics::core(state.core)
@@ -410,8 +409,12 @@ async fn write_batches(
             .into_iter()
             .filter(|(peer, _)| !lanes_sent.iter().any(|(sent, _, _)| sent == peer))
             .collect();
-        if let (Some(received), false) = (received, after.is_empty()) {
-            crate::metrics::core(state.core).follower_acked(received.elapsed());
+        // One sample per batch: when its first answers left (the storage thread's lane
+        // writes come before the reactor's sends).
+        let acked_at = lanes_sent_at.or_else(|| (!after.is_empty()).then(Instant::now));
+        if let (Some(received), Some(acked_at)) = (received, acked_at) {
+            crate::metrics::core(state.core)
+                .follower_acked(acked_at.saturating_duration_since(received));
         }
         for (peer, messages) in after {
             let _ = state.transport.send(peer, messages);

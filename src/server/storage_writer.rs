@@ -132,8 +132,9 @@ impl StorageWriter {
     /// fetch beside the write may see anyway (see [`StorageWriter::fetch`]).
     ///
     /// `lane_frames` are the answers the batch releases, for peers with an open durable-answer
-    /// lane: written by the pool thread itself once the write returned (durable when the batch
-    /// syncs), so the reactor need not wake before they leave. Never before: a failed write
+    /// lane: written by the pool thread itself once the write returned, so the reactor need not
+    /// wake before they leave. They leave exactly when the reactor would have released them
+    /// (after the write, synced when the batch asks for a sync), never before: a failed write
     /// sends nothing.
     pub async fn write_and_fetch(
         &self,

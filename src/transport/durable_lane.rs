@@ -9,10 +9,16 @@
 //! storage thread writes the pre-encoded frame itself, and the reactor learns afterwards.
 //!
 //! Rules that keep it safe and bounded:
-//! - A frame goes on the lane whole or not at all: a write that would block before its first
-//!   byte leaves the frame to the main connection; a frame cut short by a full socket is
-//!   finished within [`LANE_STALL_TIMEOUT`] or the lane is closed (the peer drops the partial
-//!   frame with the connection) and the messages go on the main connection too.
+//! - A frame goes on the lane whole or not at all, and the storage thread never waits for the
+//!   socket: a write that would block before its first byte leaves the frame to the main
+//!   connection; a frame the socket takes only part of closes the lane at once (the peer drops
+//!   the partial frame with the connection) and its messages go on the main connection too.
+//!   Frames are small ([`LANE_FRAME_BYTES_MAX`]; answers are a few dozen bytes each), so a
+//!   socket that cannot take one whole is a peer that stopped reading.
+//! - A peer that vanishes without closing (its host gone) is found by the kernel within
+//!   [`LANE_USER_TIMEOUT`] of unacknowledged data (`TCP_USER_TIMEOUT`), not the ~15 minutes of
+//!   TCP's retransmissions: until then the lane's answers are lost, as the main connection's
+//!   would be.
 //! - Only messages the core may send once the write is durable travel here; the lane carries
 //!   nothing the main connection could not carry, so a lost, closed or missing lane only
 //!   costs the wake-up it would have saved. Raft tolerates the reordering between the two
@@ -24,7 +30,7 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::error::ConnectionError;
@@ -33,18 +39,22 @@ use crate::proto::frame::FrameDecoder;
 use crate::proto::peer::{decode_handshake, Handshake};
 use crate::raft::NodeId;
 
-/// Longest a storage thread waits to finish a frame the socket took only part of. Past it the
-/// lane is closed: a peer that does not read must not hold up the core's writes.
-pub const LANE_STALL_TIMEOUT: Duration = Duration::from_millis(20);
+/// Largest frame sent on a lane; larger answers (a batch acknowledging thousands of groups)
+/// go on the main connection.
+pub const LANE_FRAME_BYTES_MAX: usize = 16 << 10;
+
+/// How long a lane's data may stay unacknowledged before the kernel drops the connection.
+pub const LANE_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One peer's durable-answer lane. Shared between the reactor (lifecycle) and the storage
-/// thread (writes). Invariant: `stream` is `Some` only for a connection whose handshake the
-/// peer answered, in non-blocking mode, on a frame boundary (no partial frame written).
+/// thread (writes). Invariants: `stream` is `Some` only for a connection whose handshake the
+/// peer answered, in non-blocking mode, on a frame boundary (no partial frame written); `open`
+/// mirrors `stream.is_some()`; the lock is held only for non-blocking calls (a peek and the
+/// writes of one frame), and the reactor's periodic check only tries it.
 pub struct DurableLane {
     peer: NodeId,
     stream: Mutex<Option<TcpStream>>,
-    /// Set by a write that failed or stalled (the stream is gone); the reactor reconnects.
-    broken: AtomicBool,
+    open: AtomicBool,
 }
 
 impl DurableLane {
@@ -52,7 +62,7 @@ impl DurableLane {
         DurableLane {
             peer,
             stream: Mutex::new(None),
-            broken: AtomicBool::new(false),
+            open: AtomicBool::new(false),
         }
     }
 
@@ -62,47 +72,55 @@ impl DurableLane {
 
     /// True while the lane holds a connection.
     pub fn is_open(&self) -> bool {
-        self.stream.lock().map(|s| s.is_some()).unwrap_or(false)
+        self.open.load(Ordering::Acquire)
     }
 
     pub(crate) fn install(&self, stream: TcpStream) {
         if let Ok(mut slot) = self.stream.lock() {
             *slot = Some(stream);
-            self.broken.store(false, Ordering::Release);
+            self.open.store(true, Ordering::Release);
         }
     }
 
     /// Drops the connection (closing it), if any.
     pub(crate) fn close(&self) {
         if let Ok(mut slot) = self.stream.lock() {
-            if let Some(stream) = slot.take() {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
+            self.shut(&mut slot);
         }
     }
 
-    /// Whether the connection is still usable: not broken by a write, and not closed by the
-    /// peer (which never writes after its handshake answer, so any readable byte or end of
-    /// stream ends the lane). Closes it when not. Never blocks.
+    fn shut(&self, slot: &mut Option<TcpStream>) {
+        if let Some(stream) = slot.take() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        self.open.store(false, Ordering::Release);
+    }
+
+    /// Whether the lane is still usable: open, and not closed by the peer (which never writes
+    /// after its handshake answer, so any readable byte or end of stream ends the lane).
+    /// Closes it when not. While a storage thread is writing, the lane is taken as alive (it
+    /// finds a closed peer itself): the reactor never waits for the lock.
     pub(crate) fn check(&self) -> bool {
-        let Ok(mut slot) = self.stream.lock() else {
-            return false;
+        let mut slot = match self.stream.try_lock() {
+            Ok(slot) => slot,
+            Err(TryLockError::WouldBlock) => return self.is_open(),
+            Err(TryLockError::Poisoned(_)) => return false,
         };
-        let alive = !self.broken.load(Ordering::Acquire)
-            && slot.as_ref().is_some_and(|stream| !peer_gone(stream));
+        let alive = slot.as_ref().is_some_and(|stream| !peer_gone(stream));
         if !alive {
-            if let Some(stream) = slot.take() {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
+            self.shut(&mut slot);
         }
         alive
     }
 
     /// Writes `frame` whole without waiting for the socket, or not at all. True when every
     /// byte went out; false when the caller must send the messages the usual way (no lane, a
-    /// full socket, or the lane broke: then it is closed and the peer drops any partial frame
-    /// with it).
+    /// full socket, a frame over [`LANE_FRAME_BYTES_MAX`], or the lane broke: then it is
+    /// closed and the peer drops any partial frame with it).
     pub fn try_send(&self, frame: &[u8]) -> bool {
+        if frame.len() > LANE_FRAME_BYTES_MAX {
+            return false;
+        }
         let Ok(mut slot) = self.stream.lock() else {
             return false;
         };
@@ -113,19 +131,14 @@ impl DurableLane {
         // of the close only from the reset it provokes) and lose the frame; one peek finds
         // the close first.
         if peer_gone(stream) {
-            if let Some(stream) = slot.take() {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
+            self.shut(&mut slot);
             return false;
         }
         match write_whole(stream, frame) {
             Ok(true) => true,
             Ok(false) => false,
             Err(_) => {
-                if let Some(stream) = slot.take() {
-                    let _ = stream.shutdown(Shutdown::Both);
-                }
-                self.broken.store(true, Ordering::Release);
+                self.shut(&mut slot);
                 false
             }
         }
@@ -145,31 +158,26 @@ fn peer_gone(stream: &TcpStream) -> bool {
             libc::MSG_PEEK | libc::MSG_DONTWAIT,
         )
     };
-    !(peeked < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock)
+    if peeked >= 0 {
+        return true;
+    }
+    !matches!(
+        std::io::Error::last_os_error().kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
+    )
 }
 
 /// `Ok(false)`: nothing written (the socket is full). `Ok(true)`: all of it. An error: the
-/// connection is unusable (it failed, or a partial frame could not be finished in time).
+/// connection is unusable (it failed, or took only part of the frame).
 fn write_whole(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<bool> {
     let mut written = 0;
-    let mut stalled_since: Option<Instant> = None;
     while written < frame.len() {
         match stream.write(&frame[written..]) {
             Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                written += n;
-                stalled_since = None;
-            }
+            Ok(n) => written += n,
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
-                if written == 0 {
-                    return Ok(false);
-                }
-                let since = *stalled_since.get_or_insert_with(Instant::now);
-                let left = LANE_STALL_TIMEOUT.saturating_sub(since.elapsed());
-                if left.is_zero() || !wait_writable(stream, left)? {
-                    return Err(std::io::ErrorKind::TimedOut.into());
-                }
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock && written == 0 => {
+                return Ok(false)
             }
             Err(error) => return Err(error),
         }
@@ -177,30 +185,10 @@ fn write_whole(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// Waits up to `timeout` for `stream` to take more bytes.
-fn wait_writable(stream: &TcpStream, timeout: Duration) -> std::io::Result<bool> {
-    let mut poll = libc::pollfd {
-        fd: stream.as_raw_fd(),
-        events: libc::POLLOUT,
-        revents: 0,
-    };
-    let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-    // SAFETY: one valid pollfd for the call's duration.
-    let ready = unsafe { libc::poll(&mut poll, 1, millis) };
-    if ready < 0 {
-        let error = std::io::Error::last_os_error();
-        return if error.kind() == std::io::ErrorKind::Interrupted {
-            Ok(true)
-        } else {
-            Err(error)
-        };
-    }
-    Ok(ready > 0)
-}
-
 /// Connects a lane to `addr` and exchanges handshakes, blocking (run on a helper thread, never
-/// on the reactor): `hello` is our encoded handshake frame; the answer must come from
-/// `expected` in `cluster_id` within `timeout`. The stream comes back in non-blocking mode.
+/// on the reactor), all within `timeout`: `hello` is our encoded handshake frame; the answer
+/// must come from `expected` in `cluster_id` and offer lanes. The stream comes back in
+/// non-blocking mode, with [`LANE_USER_TIMEOUT`] set.
 pub(crate) fn connect_blocking(
     addr: SocketAddr,
     hello: &[u8],
@@ -209,10 +197,17 @@ pub(crate) fn connect_blocking(
     expected: NodeId,
     timeout: Duration,
 ) -> Result<TcpStream, ConnectionError> {
+    let deadline = Instant::now() + timeout;
+    let left = || {
+        deadline
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+            .ok_or(ConnectionError::HandshakeTimeout(timeout))
+    };
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(timeout))?;
-    stream.set_read_timeout(Some(timeout))?;
+    set_user_timeout(&stream, LANE_USER_TIMEOUT)?;
+    stream.set_write_timeout(Some(left()?))?;
     stream.write_all(hello)?;
     let mut decoder = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
     let mut chunk = [0_u8; HANDSHAKE_FRAME_BYTES_MAX];
@@ -220,6 +215,7 @@ pub(crate) fn connect_blocking(
         if let Some(frame) = decoder.next_frame()? {
             break frame;
         }
+        stream.set_read_timeout(Some(left()?))?;
         let read = match stream.read(&mut chunk) {
             Ok(read) => read,
             Err(error)
@@ -248,8 +244,31 @@ pub(crate) fn connect_blocking(
             answered: answer.node_id,
         });
     }
+    // An acceptor that does not offer lanes took this for a main connection (and may have
+    // closed our real one for it): never use it as a lane.
+    if !answer.accepts_durable_lane {
+        return Err(ConnectionError::Refused);
+    }
     stream.set_nonblocking(true)?;
     Ok(stream)
+}
+
+fn set_user_timeout(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
+    let millis = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
+    // SAFETY: a valid socket descriptor and a pointer to a live c_uint of the stated size.
+    let set = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&millis as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What the storage thread writes after a durable write: one frame of a peer's answers.
@@ -294,21 +313,82 @@ mod tests {
         assert_eq!(&got, b"0123456789");
     }
 
+    fn set_buffer(stream: &TcpStream, option: libc::c_int, bytes: libc::c_int) {
+        // SAFETY: a valid socket and a pointer to a live c_int of the stated size.
+        let set = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&bytes as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(set, 0, "setsockopt");
+    }
+
     #[test]
     fn a_frame_the_socket_takes_only_part_of_closes_the_lane() {
-        // The peer never reads: a frame far larger than both socket buffers is cut short, the
-        // rest cannot be written within the stall timeout, and the lane must close (the peer
-        // then sees a truncated frame and the end of the stream, never a spliced one).
-        let (lane, mut peer) = lane_pair();
-        let frame = vec![7_u8; 64 << 20];
-        assert!(!lane.try_send(&frame), "a cut-short frame is not sent");
-        assert!(!lane.is_open(), "and the lane is closed");
-        assert!(!lane.try_send(b"next"), "nothing goes out after it");
-        let mut received = Vec::new();
-        peer.set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        peer.read_to_end(&mut received).unwrap();
-        assert!(!received.is_empty() && received.len() < frame.len());
+        // The peer never reads and both buffers are small (fixed sizes also turn off the
+        // kernel's autotuning): lane frames fill them until one is refused. A frame refused
+        // before its first byte leaves the lane open on a frame boundary; one taken only in
+        // part must close it at once (the peer then sees the whole frames, part of the next,
+        // and the end of the stream, never a spliced frame). Which happens depends on how the
+        // frame sizes meet the buffer, so several sizes are tried, and the partial case must
+        // be among them.
+        let mut cut_short = 0;
+        for size in [
+            1_000,
+            3_000,
+            5_000,
+            7_000,
+            11_000,
+            13_000,
+            LANE_FRAME_BYTES_MAX,
+        ] {
+            let (lane, mut peer) = lane_pair();
+            set_buffer(&peer, libc::SO_RCVBUF, 4096);
+            if let Ok(slot) = lane.stream.lock() {
+                set_buffer(slot.as_ref().unwrap(), libc::SO_SNDBUF, 4096);
+            }
+            let frame = vec![7_u8; size];
+            let mut whole = 0;
+            while lane.try_send(&frame) {
+                whole += 1;
+                assert!(whole < 10_000, "the socket never filled");
+            }
+            let mut received = Vec::new();
+            peer.set_read_timeout(Some(Duration::from_secs(30)))
+                .unwrap();
+            if lane.is_open() {
+                lane.close();
+                peer.read_to_end(&mut received).unwrap();
+                assert_eq!(received.len(), whole * size, "{size}: whole frames only");
+            } else {
+                cut_short += 1;
+                assert!(!lane.try_send(b"next"), "nothing goes out after it");
+                peer.read_to_end(&mut received).unwrap();
+                assert!(
+                    received.len() > whole * size,
+                    "{size}: part of the next frame"
+                );
+                assert!(received.len() < (whole + 1) * size, "{size}: not all of it");
+            }
+        }
+        assert!(
+            cut_short > 0,
+            "no frame size was cut short: the partial case went untested"
+        );
+    }
+
+    #[test]
+    fn a_frame_over_the_lane_limit_is_left_to_the_main_connection() {
+        let (lane, _peer) = lane_pair();
+        assert!(!lane.try_send(&vec![0_u8; LANE_FRAME_BYTES_MAX + 1]));
+        assert!(
+            lane.is_open(),
+            "refusing a large frame does not close the lane"
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@ use glommio::net::TcpListener;
 use glommio::Task;
 
 use super::config::{TransportConfig, TransportLimits};
-use super::durable_lane::{DurableLane, LaneFrame};
+use super::durable_lane::{DurableLane, LaneFrame, LANE_FRAME_BYTES_MAX};
 use super::error::{SendError, TransportError};
 use super::inbound::{accept_loop, InboundRegistry};
 use super::outbound::{run_lane, run_writer};
@@ -171,10 +171,11 @@ impl PeerTransport {
     }
 
     /// Frames for the peers in `answers` whose durable-answer lane is open: each peer's
-    /// messages as one frame, for the storage thread to write once the batch that released them
-    /// is durable ([`LaneFrame`]). A peer without an open lane, or whose messages do not fit in
-    /// one frame, is left out: its messages go through [`PeerTransport::send`] as usual. Call
-    /// [`PeerTransport::lane_frames_sent`] with what the storage thread wrote.
+    /// messages as one frame, for the storage thread to write once the batch that released
+    /// them is durable ([`LaneFrame`]). A peer without an open lane, or whose messages do not
+    /// fit in one lane frame ([`LANE_FRAME_BYTES_MAX`]), is left out: its messages go through
+    /// [`PeerTransport::send`] as usual. Call [`PeerTransport::lane_frames_sent`] with what
+    /// the storage thread wrote.
     pub fn lane_frames(&self, answers: &BTreeMap<NodeId, Vec<Message>>) -> Vec<LaneFrame> {
         let local = self.shared.local_node;
         let mut encoder = self.lane_encoder.borrow_mut();
@@ -187,7 +188,9 @@ impl PeerTransport {
                 continue;
             }
             if let Ok(encoded) = encoder.encode_batch(local, *peer, messages) {
-                if encoded.messages_encoded == messages.len() {
+                if encoded.messages_encoded == messages.len()
+                    && encoded.frame.len() <= LANE_FRAME_BYTES_MAX
+                {
                     frames.push(LaneFrame {
                         lane: link.lane.clone(),
                         frame: encoded.frame.to_vec(),

@@ -100,6 +100,9 @@ async fn connect(
 /// thread finds a broken one at its next write anyway).
 const LANE_CHECK_INTERVAL: Duration = Duration::from_millis(250);
 
+/// A lane open this long before it closed resets the reconnect backoff.
+const LANE_HEALTHY_AFTER: Duration = Duration::from_secs(1);
+
 /// Keeps `link`'s durable-answer lane open while the main connection is up and the peer takes
 /// lanes: connects it on a helper thread (blocking connect and handshake never run on the
 /// reactor), checks it, and reconnects with backoff. Runs until the transport is dropped.
@@ -127,25 +130,26 @@ pub(crate) async fn run_lane(link: Rc<PeerLink>, shared: Rc<Shared>) {
                     durable_lane::connect_blocking(addr, &hello, cluster_id, local, peer, timeout);
                 let _ = sender.send(connected);
             });
+        // The helper gives up by itself within `timeout` (one deadline for the connect and
+        // both handshakes), so waiting for its answer bounds the helpers to one per lane.
         let connected = match spawned {
-            Ok(_) => {
-                let deadline = async {
-                    glommio::timer::sleep(timeout + Duration::from_millis(100)).await;
-                    None
-                };
-                futures_lite::future::or(async { receiver.recv_async().await.ok() }, deadline).await
-            }
+            Ok(_) => receiver.recv_async().await.ok(),
             Err(_) => None,
         };
         match connected {
             Some(Ok(stream)) => {
-                backoff.reset();
                 link.lane.install(stream);
                 add(&shared.counters.lanes_established, 1);
+                let opened = std::time::Instant::now();
                 while link.connected.get() && link.lane.check() {
                     glommio::timer::sleep(LANE_CHECK_INTERVAL).await;
                 }
                 link.lane.close();
+                // A lane that lived a while was fine: reopen it soon. One the peer keeps
+                // dropping at once is retried ever more slowly.
+                if opened.elapsed() >= LANE_HEALTHY_AFTER {
+                    backoff.reset();
+                }
             }
             Some(Err(error)) => {
                 add(&shared.counters.connect_failures, 1);
