@@ -7,6 +7,8 @@
 //! The backend here is RocksDB (or SQLite) behind a gate that holds every write until the test
 //! opens it, so "a write in progress" lasts as long as the test needs.
 
+use std::io::Read;
+use std::net::{TcpListener as StdListener, TcpStream as StdStream};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -16,8 +18,9 @@ use kahuna::raft::{Entry, GroupId, Index};
 use kahuna::server::storage_writer::StorageWriter;
 use kahuna::storage::{
     Apply, Backend, ConcurrentKvReader, GroupWrite, KvOp, KvSnapshotReader, RecoveryState, Result,
-    RocksDbBackend, Space, SqliteBackend, WriteBatch,
+    RocksDbBackend, Space, SqliteBackend, StorageError, WriteBatch,
 };
+use kahuna::transport::{DurableLane, LaneFrame};
 
 const GROUP: GroupId = 1;
 
@@ -39,15 +42,23 @@ impl Gate {
     }
 }
 
-/// A backend whose writes wait for the gate; everything else is the inner backend's.
+/// Runs in a backend's write before the inner write; an error fails the write.
+type BeforeWrite = Box<dyn FnMut() -> Result<()> + Send>;
+
+/// A backend whose writes wait for the gate (and then run `before`, if any); everything else
+/// is the inner backend's.
 struct GatedWrites<B> {
     inner: B,
     gate: Gate,
+    before: Option<BeforeWrite>,
 }
 
 impl<B: Backend> Backend for GatedWrites<B> {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
         self.gate.wait();
+        if let Some(before) = &mut self.before {
+            before()?;
+        }
         self.inner.write(batch)
     }
     fn load_group(&mut self, group: GroupId) -> Result<RecoveryState> {
@@ -142,6 +153,7 @@ fn reads_during_a_write<B: Backend + 'static>(mut inner: B) -> DuringAWrite {
     let backend = GatedWrites {
         inner,
         gate: gate.clone(),
+        before: None,
     };
     // The node's pool: the held write takes one thread, the reads get the other.
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
@@ -372,4 +384,107 @@ fn fetches_riding_with_a_write_read_before_it() {
         assert_eq!(values, expected);
         assert_eq!(after, Some(Bytes::from("2")));
     }
+}
+
+/// Bytes waiting on `peer` now, without waiting (0 when nothing arrived).
+fn readable_now(peer: &StdStream) -> usize {
+    peer.set_nonblocking(true).unwrap();
+    let mut buffer = [0_u8; 256];
+    let read = match (&*peer).read(&mut buffer) {
+        Ok(read) => read,
+        Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(error) => panic!("reading the lane's peer: {error}"),
+    };
+    peer.set_nonblocking(false).unwrap();
+    read
+}
+
+/// A durable-answer lane over loopback and its peer's end.
+fn lane_and_peer() -> (Arc<DurableLane>, StdStream) {
+    let listener = StdListener::bind("127.0.0.1:0").unwrap();
+    let dialled = StdStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (peer, _) = listener.accept().unwrap();
+    (Arc::new(DurableLane::over(2, dialled).unwrap()), peer)
+}
+
+/// Writes `put(2, b"a", b"2")` through a StorageWriter whose backend runs `before` first, with
+/// one lane frame for peer 2 riding along; the written result.
+fn write_with_a_lane_frame(
+    lane: Arc<DurableLane>,
+    before: BeforeWrite,
+) -> Result<Vec<(u64, usize, usize)>> {
+    let dir = tempfile::tempdir().unwrap();
+    let inner = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
+    let gate = Gate::default();
+    gate.open();
+    let backend = GatedWrites {
+        inner,
+        gate,
+        before: Some(before),
+    };
+    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move {
+            let writer = StorageWriter::new(Box::new(backend));
+            let frame = LaneFrame {
+                lane,
+                frame: b"the batch's answers".to_vec(),
+                messages: 1,
+            };
+            writer
+                .write_and_fetch(put(2, b"a", b"2"), vec![], vec![frame])
+                .await
+                .map(|written| written.lanes_sent)
+        })
+        .unwrap();
+    executor.join().unwrap()
+}
+
+/// The answers a batch released leave on the lane only once its write returned: the peer has
+/// nothing while the write runs, and the frame right after.
+#[test]
+fn lane_answers_leave_after_the_write_returns() {
+    let (lane, peer) = lane_and_peer();
+    let watched = peer.try_clone().unwrap();
+    let seen_during_write = Arc::new(Mutex::new(None));
+    let seen = seen_during_write.clone();
+    let sent = write_with_a_lane_frame(
+        lane,
+        Box::new(move || {
+            // Give a frame written too early every chance to arrive.
+            std::thread::sleep(Duration::from_millis(50));
+            *seen.lock().unwrap() = Some(readable_now(&watched));
+            Ok(())
+        }),
+    )
+    .expect("the write succeeds");
+    assert_eq!(
+        *seen_during_write.lock().unwrap(),
+        Some(0),
+        "nothing before the write"
+    );
+    assert_eq!(sent, vec![(2, 1, b"the batch's answers".len())]);
+    let mut got = vec![0_u8; b"the batch's answers".len()];
+    (&peer).read_exact(&mut got).unwrap();
+    assert_eq!(got, b"the batch's answers");
+}
+
+/// A failed write sends nothing on the lane (the node stops on it; the answers must never
+/// claim durability the write did not give).
+#[test]
+fn a_failed_write_sends_no_lane_answers() {
+    let (lane, peer) = lane_and_peer();
+    let result = write_with_a_lane_frame(
+        lane.clone(),
+        Box::new(|| {
+            Err(StorageError::Io {
+                context: "test".into(),
+                kind: std::io::ErrorKind::Other,
+                message: "the disk refused the write".into(),
+            })
+        }),
+    );
+    assert!(result.is_err(), "the write's error comes back");
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(readable_now(&peer), 0, "no answer went out");
+    assert!(lane.is_open(), "the lane is untouched");
 }

@@ -66,6 +66,16 @@ impl DurableLane {
         }
     }
 
+    /// A lane to `peer` over `stream`, a connection whose handshakes are done (the transport
+    /// makes its own; this serves tests and tools that stand in for a peer). The stream is
+    /// made non-blocking.
+    pub fn over(peer: NodeId, stream: TcpStream) -> std::io::Result<DurableLane> {
+        stream.set_nonblocking(true)?;
+        let lane = DurableLane::new(peer);
+        lane.install(stream);
+        Ok(lane)
+    }
+
     pub fn peer(&self) -> NodeId {
         self.peer
     }
