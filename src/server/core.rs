@@ -381,9 +381,7 @@ async fn write_batches(
                 Ok(written) => {
                     crate::metrics::core(state.core)
                         .storage_written(writing.elapsed(), written.engine);
-                    if !written.lanes_sent.is_empty() {
-                        lanes_sent_at = Some(written.lanes_sent_at);
-                    }
+                    lanes_sent_at = written.lanes_sent_at;
                     state.transport.lane_frames_sent(&written.lanes_sent);
                     crate::metrics::core(state.core)
                         .lane_frames

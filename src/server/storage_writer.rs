@@ -46,8 +46,8 @@ pub struct Written {
     pub fetched: Vec<Fetched>,
     /// The lane frames written: (peer, messages, bytes). Those peers' answers are sent.
     pub lanes_sent: Vec<(NodeId, usize, usize)>,
-    /// When the pool thread was done with them.
-    pub lanes_sent_at: Instant,
+    /// When the pool thread was done with them (`None` when it wrote none).
+    pub lanes_sent_at: Option<Instant>,
 }
 
 #[derive(Clone)]
@@ -155,16 +155,17 @@ impl StorageWriter {
                 backend.write(&batch)?;
                 let engine = started.elapsed();
                 drop(backend);
-                let lanes_sent = lane_frames
+                let lanes_sent: Vec<_> = lane_frames
                     .iter()
                     .filter(|sending| sending.lane.try_send(&sending.frame))
                     .map(|sent| (sent.lane.peer(), sent.messages, sent.frame.len()))
                     .collect();
+                let lanes_sent_at = (!lanes_sent.is_empty()).then(Instant::now);
                 Ok(Written {
                     engine,
                     fetched,
                     lanes_sent,
-                    lanes_sent_at: Instant::now(),
+                    lanes_sent_at,
                 })
             })
             .await
