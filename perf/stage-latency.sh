@@ -57,8 +57,10 @@ rows = [("queue (proposal -> batch)", "kahuna_write_queue_seconds", 1e6, "us"),
         ("storage write + sync", "kahuna_storage_write_seconds", 1e6, "us"),
         ("  of which engine (write+sync)", "kahuna_storage_engine_seconds", 1e6, "us"),
         ("  of which pool hand-off", "kahuna_storage_handoff_seconds", 1e6, "us"),
+        ("    its way there (to a pool thread)", "kahuna_storage_handoff_forward_seconds", 1e6, "us"),
         ("replication (sent -> commit)", "kahuna_write_replication_seconds", 1e6, "us"),
         ("follower (received -> acked)", "kahuna_follower_ack_seconds", 1e6, "us"),
+        ("  of which before the write", "kahuna_follower_queue_seconds", 1e6, "us"),
         ("apply (answered -> written)", "kahuna_write_apply_seconds", 1e6, "us"),
         ("request, put (node side)", "kahuna_request_seconds{op=put}", 1e6, "us")]
 print(f"{'stage':32} {'count':>10} {'p50':>10} {'p99':>10}  unit")

@@ -81,6 +81,7 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         "kahuna_storage_write_seconds",
         "kahuna_storage_engine_seconds",
         "kahuna_storage_handoff_seconds",
+        "kahuna_storage_handoff_forward_seconds",
         "kahuna_write_replication_seconds",
         "kahuna_write_apply_seconds",
     ] {
@@ -107,7 +108,7 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
     );
     // Every write is split into the engine's part and the hand-off: one sample of each.
     let writes = sample(&text, "kahuna_storage_write_seconds_count{core=\"0\"}");
-    for part in ["engine", "handoff"] {
+    for part in ["engine", "handoff", "handoff_forward"] {
         let name = format!("kahuna_storage_{part}_seconds_count{{core=\"0\"}}");
         assert_eq!(sample(&text, &name), writes, "{name}:\n{text}");
     }
@@ -119,6 +120,10 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         (parts - whole).abs() <= 1e-3 + whole * 0.01,
         "{parts} vs {whole}"
     );
+    // The way to the pool thread is part of the hand-off.
+    let forward = sum("kahuna_storage_handoff_forward_seconds");
+    let handoff = sum("kahuna_storage_handoff_seconds");
+    assert!(forward <= handoff + 1e-3, "{forward} vs {handoff}");
 }
 
 /// In a 3-node cluster the followers' storage threads write their acknowledgements on the

@@ -51,7 +51,7 @@ type Stage = (
     Unit,
 );
 
-const STAGES: [Stage; 8] = [
+const STAGES: [Stage; 10] = [
     (
         "kahuna_write_queue_seconds",
         "Time from a client's proposal to the storage batch that carries it.",
@@ -83,6 +83,12 @@ const STAGES: [Stage; 8] = [
         Unit::MicrosAsSeconds,
     ),
     (
+        "kahuna_storage_handoff_forward_seconds",
+        "The hand-off's first half: from the core's call to a blocking pool thread starting on the batch.",
+        |m| m.storage_forward_us.snapshot(),
+        Unit::MicrosAsSeconds,
+    ),
+    (
         "kahuna_write_replication_seconds",
         "From the leader's batch carrying an entry (appends sent) to the batch applying it (quorum commit).",
         |m| m.replication_us.snapshot(),
@@ -98,6 +104,12 @@ const STAGES: [Stage; 8] = [
         "kahuna_follower_ack_seconds",
         "From a peer frame of messages received to the durable answers of its batch sent.",
         |m| m.follower_ack_us.snapshot(),
+        Unit::MicrosAsSeconds,
+    ),
+    (
+        "kahuna_follower_queue_seconds",
+        "From a peer frame of messages received to its batch's storage write handed to the pool.",
+        |m| m.follower_queue_us.snapshot(),
         Unit::MicrosAsSeconds,
     ),
 ];

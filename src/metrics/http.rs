@@ -126,8 +126,11 @@ mod tests {
     #[test]
     fn serves_metrics_over_http() {
         let addr = start("127.0.0.1:0", 1).unwrap();
-        super::super::core(0)
-            .storage_written(Duration::from_micros(200), Duration::from_micros(150));
+        super::super::core(0).storage_written(
+            Duration::from_micros(200),
+            Duration::from_micros(150),
+            Duration::from_micros(30),
+        );
         let mut stream = TcpStream::connect(addr).unwrap();
         stream
             .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")

@@ -88,6 +88,10 @@ pub struct CoreMetrics {
     /// Microseconds of one batch's write that are not the engine's: the reactor waking a pool
     /// thread, that thread getting a CPU, and the reactor waking again for the result.
     pub storage_handoff_us: AtomicHistogram,
+    /// Microseconds of the hand-off's forward half: from the reactor's call to a pool thread
+    /// starting on the batch (a pool thread woken and given a CPU). The rest of the hand-off
+    /// is the way back (the reactor woken for the result).
+    pub storage_forward_us: AtomicHistogram,
     /// Microseconds from a leader's batch carrying an entry (its appends leave then) to the
     /// batch that applies it (commit known).
     pub replication_us: AtomicHistogram,
@@ -97,6 +101,9 @@ pub struct CoreMetrics {
     /// Microseconds from a peer frame with messages received to the durable answers of the
     /// batch that took them sent (a follower's append acknowledgements).
     pub follower_ack_us: AtomicHistogram,
+    /// Microseconds from a peer frame with messages received to the storage write of the batch
+    /// that took them being handed to the pool (the follower's part before its write).
+    pub follower_queue_us: AtomicHistogram,
     /// Microseconds per client request, by [`OpKind`], as the client port serves it.
     pub request_us: [AtomicHistogram; 6],
     /// Requests by [`OpKind`] and error code.
@@ -114,12 +121,19 @@ fn micros(duration: Duration) -> u64 {
 
 impl CoreMetrics {
     /// A batch's storage write and sync took `elapsed` as the core waited for it, of which
-    /// `engine` in the storage engine's own write call on the blocking pool.
-    pub fn storage_written(&self, elapsed: Duration, engine: Duration) {
+    /// `engine` in the storage engine's own write call on the blocking pool, after `forward`
+    /// spent reaching a pool thread.
+    pub fn storage_written(&self, elapsed: Duration, engine: Duration, forward: Duration) {
         self.storage_write_us.record(micros(elapsed));
         self.storage_engine_us.record(micros(engine));
+        self.storage_forward_us.record(micros(forward));
         self.storage_handoff_us
             .record(micros(elapsed.saturating_sub(engine)));
+    }
+
+    /// The batch that took peer messages received `elapsed` ago goes to storage.
+    pub fn follower_queued(&self, elapsed: Duration) {
+        self.follower_queue_us.record(micros(elapsed));
     }
 
     /// The durable answers to peer messages received `elapsed` ago were sent.

@@ -371,6 +371,10 @@ async fn write_batches(
         let mut lanes_sent_at = None;
         if !batch.write.is_empty() {
             let writing = Instant::now();
+            if let Some(received) = received {
+                crate::metrics::core(state.core)
+                    .follower_queued(writing.saturating_duration_since(received));
+            }
             let lane_frames = state.transport.lane_frames(batch.token.after_persist());
             let written = state
                 .storage
@@ -379,8 +383,11 @@ async fn write_batches(
             state.written_since_release.set(Some(Instant::now()));
             match written {
                 Ok(written) => {
-                    crate::metrics::core(state.core)
-                        .storage_written(writing.elapsed(), written.engine);
+                    crate::metrics::core(state.core).storage_written(
+                        writing.elapsed(),
+                        written.engine,
+                        written.forward,
+                    );
                     lanes_sent_at = written.lanes_sent_at;
                     state.transport.lane_frames_sent(&written.lanes_sent);
                     crate::metrics::core(state.core)

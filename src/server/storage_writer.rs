@@ -42,6 +42,9 @@ fn concat(
 pub struct Written {
     /// The engine's own write call (and sync).
     pub engine: Duration,
+    /// From the call to a pool thread starting on it: the forward half of the hand-off (the
+    /// reactor waking a pool thread, that thread getting a CPU).
+    pub forward: Duration,
     /// The fetches that rode along.
     pub fetched: Vec<Fetched>,
     /// The lane frames written: (peer, messages, bytes). Those peers' answers are sent.
@@ -144,8 +147,10 @@ impl StorageWriter {
     ) -> Result<Written> {
         let backend = self.backend.clone();
         let reader = self.reader.clone();
+        let called = Instant::now();
         glommio::executor()
             .spawn_blocking(move || {
+                let forward = called.elapsed();
                 let mut backend = backend.lock().map_err(|_| poisoned())?;
                 let fetched = match &reader {
                     Some(reader) => fetch_all(&ConcurrentReader(&**reader), fetches)?,
@@ -163,6 +168,7 @@ impl StorageWriter {
                 let lanes_sent_at = (!lanes_sent.is_empty()).then(Instant::now);
                 Ok(Written {
                     engine,
+                    forward,
                     fetched,
                     lanes_sent,
                     lanes_sent_at,
