@@ -733,3 +733,58 @@ fn no_lane_is_opened_to_a_peer_that_does_not_take_lanes() {
     assert!(!a.send_on_lane(2, vec![vote(1, 2, 1)]));
     assert_eq!(a.stats().lanes_established, 0);
 }
+
+/// A peer that answers the handshake and then never reads again: once its buffers are full,
+/// what the node writes sits unsent behind a zero window. The kernel drops the connection after
+/// `unacknowledged_max` (`TCP_USER_TIMEOUT`), and the node dials again. Without the option the
+/// node's writer would wait on that socket for as long as TCP keeps probing (no second
+/// connection within the deadline).
+#[test]
+fn a_peer_that_stops_reading_is_dropped_and_dialled_again() {
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let listener = StdListener::bind(addr_b).expect("bind the stand-in peer");
+    let (accepted, connections) = mpsc::channel::<StdStream>();
+    let stand_in = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let Ok((mut stream, _)) = listener.accept() else {
+                return;
+            };
+            stream.set_read_timeout(Some(DEADLINE)).unwrap();
+            read_one_frame(&mut stream).expect("the node's handshake");
+            stream.write_all(&handshake_frame(CLUSTER, 2, 1)).unwrap();
+            // Kept open, never read again.
+            if accepted.send(stream).is_err() {
+                return;
+            }
+        }
+    });
+    let mut config = config(1, CLUSTER, addr_a, &[(2, addr_b)]);
+    config.limits.unacknowledged_max = Duration::from_millis(300);
+    let a = Node::start(config);
+    let _first = connections.recv_timeout(DEADLINE).expect("the node dials");
+    wait_until("A connected to the stand-in", || a.is_connected(2));
+
+    // Far more than the two sockets' buffers hold (a few MiB each on loopback).
+    let deadline = Instant::now() + DEADLINE;
+    let mut group = 0;
+    let second = loop {
+        if let Ok(stream) = connections.try_recv() {
+            break stream;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node kept its connection to a peer that stopped reading: {:?}",
+            a.stats()
+        );
+        group += 1;
+        a.send(2, vec![append(1, 2, group, 0, 1, 256 << 10)])
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let stats = a.stats();
+    assert!(stats.connections_lost >= 1, "{stats:?}");
+    assert_eq!(stats.connections_established, 2, "{stats:?}");
+    drop(second);
+    drop(a);
+    stand_in.join().unwrap();
+}

@@ -51,6 +51,13 @@ pub struct TransportLimits {
     /// Inbound connections open at once (handshaking or established); more are closed at once.
     /// A peer keeps two: its main connection and its durable-answer lane.
     pub inbound_connections_max: usize,
+    /// How long data written to a peer may stay unacknowledged, or unsent behind the peer's
+    /// zero window, before the kernel drops the connection (`TCP_USER_TIMEOUT`, set on every
+    /// connection this node dials); the transport then reconnects with backoff. Without it a
+    /// peer whose host vanished, or that stopped reading, holds the connection for TCP's ~15
+    /// minutes of retransmissions, and a partition that heals is noticed only at the next
+    /// retransmission (up to two minutes apart). At least 1 ms, at most `u32::MAX` ms.
+    pub unacknowledged_max: Duration,
 }
 
 impl Default for TransportLimits {
@@ -64,6 +71,7 @@ impl Default for TransportLimits {
             handshake_timeout: Duration::from_secs(5),
             inbound_batches_max: 1_024,
             inbound_connections_max: 128,
+            unacknowledged_max: Duration::from_secs(5),
         }
     }
 }
@@ -113,6 +121,11 @@ impl TransportLimits {
         if self.handshake_timeout.is_zero() {
             return Err(ConfigError::Zero("handshake_timeout"));
         }
+        if self.unacknowledged_max < Duration::from_millis(1)
+            || self.unacknowledged_max.as_millis() > u128::from(u32::MAX)
+        {
+            return Err(ConfigError::UnacknowledgedMax(self.unacknowledged_max));
+        }
         let (min, max) = (self.reconnect_backoff_min, self.reconnect_backoff_max);
         if min.is_zero() || min > max {
             return Err(ConfigError::Backoff { min, max });
@@ -151,6 +164,18 @@ mod tests {
         let mut bad = config();
         bad.limits.reconnect_backoff_min = Duration::from_secs(2);
         assert!(matches!(bad.validate(), Err(ConfigError::Backoff { .. })));
+        for unacknowledged_max in [
+            Duration::ZERO,
+            Duration::from_micros(999),
+            Duration::from_millis(u64::from(u32::MAX) + 1),
+        ] {
+            let mut bad = config();
+            bad.limits.unacknowledged_max = unacknowledged_max;
+            assert_eq!(
+                bad.validate(),
+                Err(ConfigError::UnacknowledgedMax(unacknowledged_max))
+            );
+        }
         let mut bad = config();
         bad.limits.frame_bytes_max = PEER_FRAME_BYTES_MAX + 1;
         assert!(matches!(

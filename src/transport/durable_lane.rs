@@ -15,10 +15,10 @@
 //!   the partial frame with the connection) and its messages go on the main connection too.
 //!   Frames are small ([`LANE_FRAME_BYTES_MAX`]; answers are a few dozen bytes each), so a
 //!   socket that cannot take one whole is a peer that stopped reading.
-//! - A peer that vanishes without closing (its host gone) is found by the kernel within
-//!   [`LANE_USER_TIMEOUT`] of unacknowledged data (`TCP_USER_TIMEOUT`), not the ~15 minutes of
-//!   TCP's retransmissions: until then the lane's answers are lost, as the main connection's
-//!   would be.
+//! - A peer that vanishes without closing (its host gone) is found by the kernel within the
+//!   transport's `unacknowledged_max` of unacknowledged data (`TCP_USER_TIMEOUT`, as on the
+//!   main connection), not the ~15 minutes of TCP's retransmissions: until then the lane's
+//!   answers are lost, as the main connection's would be.
 //! - Only messages the core may send once the write is durable travel here; the lane carries
 //!   nothing the main connection could not carry, so a lost, closed or missing lane only
 //!   costs the wake-up it would have saved. Raft tolerates the reordering between the two
@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, TryLockError};
 use std::time::{Duration, Instant};
 
 use super::error::ConnectionError;
-use super::wire::HANDSHAKE_FRAME_BYTES_MAX;
+use super::wire::{set_unacknowledged_max, HANDSHAKE_FRAME_BYTES_MAX};
 use crate::proto::frame::FrameDecoder;
 use crate::proto::peer::{decode_handshake, Handshake};
 use crate::raft::NodeId;
@@ -42,9 +42,6 @@ use crate::raft::NodeId;
 /// Largest frame sent on a lane; larger answers (a batch acknowledging thousands of groups)
 /// go on the main connection.
 pub const LANE_FRAME_BYTES_MAX: usize = 16 << 10;
-
-/// How long a lane's data may stay unacknowledged before the kernel drops the connection.
-pub const LANE_USER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One peer's durable-answer lane. Shared between the reactor (lifecycle) and the storage
 /// thread (writes). Invariants: `stream` is `Some` only for a connection whose handshake the
@@ -198,14 +195,14 @@ fn write_whole(stream: &mut TcpStream, frame: &[u8]) -> std::io::Result<bool> {
 /// Connects a lane to `addr` and exchanges handshakes, blocking (run on a helper thread, never
 /// on the reactor), all within `timeout`: `hello` is our encoded handshake frame; the answer
 /// must come from `expected` in `cluster_id` and offer lanes. The stream comes back in
-/// non-blocking mode, with [`LANE_USER_TIMEOUT`] set.
+/// non-blocking mode, with `unacknowledged_max` set (see [`super::TransportLimits`]).
 pub(crate) fn connect_blocking(
     addr: SocketAddr,
     hello: &[u8],
     cluster_id: u64,
-    local: NodeId,
-    expected: NodeId,
+    (local, expected): (NodeId, NodeId),
     timeout: Duration,
+    unacknowledged_max: Duration,
 ) -> Result<TcpStream, ConnectionError> {
     let deadline = Instant::now() + timeout;
     let left = || {
@@ -216,7 +213,7 @@ pub(crate) fn connect_blocking(
     };
     let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_nodelay(true)?;
-    set_user_timeout(&stream, LANE_USER_TIMEOUT)?;
+    set_unacknowledged_max(stream.as_raw_fd(), unacknowledged_max)?;
     stream.set_write_timeout(Some(left()?))?;
     stream.write_all(hello)?;
     let mut decoder = FrameDecoder::new(HANDSHAKE_FRAME_BYTES_MAX);
@@ -261,24 +258,6 @@ pub(crate) fn connect_blocking(
     }
     stream.set_nonblocking(true)?;
     Ok(stream)
-}
-
-fn set_user_timeout(stream: &TcpStream, timeout: Duration) -> std::io::Result<()> {
-    let millis = timeout.as_millis().min(u32::MAX as u128) as libc::c_uint;
-    // SAFETY: a valid socket descriptor and a pointer to a live c_uint of the stated size.
-    let set = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_USER_TIMEOUT,
-            (&millis as *const libc::c_uint).cast(),
-            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
-        )
-    };
-    if set < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// What the storage thread writes after a durable write: one frame of a peer's answers.

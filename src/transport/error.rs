@@ -30,6 +30,8 @@ pub enum ConfigError {
     Zero(&'static str),
     #[error("reconnect backoff must satisfy 0 < min <= max, got {min:?}..{max:?}")]
     Backoff { min: Duration, max: Duration },
+    #[error("unacknowledged_max {0:?} outside 1 ms..=u32::MAX ms")]
+    UnacknowledgedMax(Duration),
 }
 
 /// Why [`super::PeerTransport::start`] failed.

@@ -36,7 +36,7 @@ mod stats;
 mod wire;
 
 pub use config::{TransportConfig, TransportLimits};
-pub use durable_lane::{DurableLane, LaneFrame, LANE_FRAME_BYTES_MAX, LANE_USER_TIMEOUT};
+pub use durable_lane::{DurableLane, LaneFrame, LANE_FRAME_BYTES_MAX};
 pub use error::{ConfigError, SendError, TransportError};
 pub use handle::{InboundBatch, PeerTransport};
 pub use stats::TransportStats;

@@ -6,6 +6,7 @@
 //! exponential backoff. Messages taken from the queue but not written when a connection breaks
 //! are lost and counted: Raft retransmits what matters.
 
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use super::handle::{PeerLink, Shared};
 use super::log::transport_log;
 use super::queue::Drained;
 use super::stats::add;
-use super::wire::{read_handshake, wait_for_close, write_frame};
+use super::wire::{read_handshake, set_unacknowledged_max, wait_for_close, write_frame};
 use crate::proto::peer::{Handshake, Lane, PeerEncoder};
 use crate::raft::Message;
 
@@ -77,6 +78,7 @@ async fn connect(
     let timeout = shared.limits.handshake_timeout;
     let mut stream = TcpStream::connect_timeout(link.addr, timeout).await?;
     stream.set_nodelay(true)?;
+    set_unacknowledged_max(stream.as_raw_fd(), shared.limits.unacknowledged_max)?;
     let hello = Handshake::new(shared.cluster_id, shared.local_node, link.node);
     write_frame(&mut stream, encoder.encode_handshake(&hello)).await?;
     let answer = read_handshake(&mut stream, timeout)
@@ -121,13 +123,19 @@ pub(crate) async fn run_lane(link: Rc<PeerLink>, shared: Rc<Shared>) {
         hello.lane = Lane::DurableAnswers;
         let hello = encoder.encode_handshake(&hello).to_vec();
         let (addr, cluster_id, peer) = (link.addr, shared.cluster_id, link.node);
-        let timeout = limits.handshake_timeout;
+        let (timeout, unacknowledged_max) = (limits.handshake_timeout, limits.unacknowledged_max);
         let (sender, receiver) = flume::bounded(1);
         let spawned = std::thread::Builder::new()
             .name("kahuna-lane-connect".into())
             .spawn(move || {
-                let connected =
-                    durable_lane::connect_blocking(addr, &hello, cluster_id, local, peer, timeout);
+                let connected = durable_lane::connect_blocking(
+                    addr,
+                    &hello,
+                    cluster_id,
+                    (local, peer),
+                    timeout,
+                    unacknowledged_max,
+                );
                 let _ = sender.send(connected);
             });
         // The helper gives up by itself within `timeout` (one deadline for the connect and

@@ -2,6 +2,7 @@
 //! Every read goes through a [`FrameDecoder`] with a maximum, so no header can make us allocate
 //! beyond it; every wait for a handshake has a deadline.
 
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,6 +19,37 @@ pub(crate) const HANDSHAKE_FRAME_BYTES_MAX: usize = 256;
 /// Bytes asked of the socket per read: large enough that a full frame of small messages
 /// arrives in one or two reads, small enough to keep per connection.
 pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
+
+/// Sets `TCP_USER_TIMEOUT` on socket `fd`: data unacknowledged (or unsent behind a zero
+/// window) for `timeout` makes the kernel drop the connection. `timeout` is at least 1 ms and
+/// fits in `u32` milliseconds (checked by `TransportLimits::validate`; 0 would mean the
+/// system's default, i.e. none).
+pub(crate) fn set_unacknowledged_max(fd: RawFd, timeout: Duration) -> std::io::Result<()> {
+    let millis = libc::c_uint::try_from(timeout.as_millis())
+        .ok()
+        .filter(|&millis| millis > 0)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("TCP_USER_TIMEOUT of {timeout:?} outside 1 ms..=u32::MAX ms"),
+            )
+        })?;
+    // SAFETY: a socket descriptor the caller owns and a pointer to a live c_uint of the stated
+    // size.
+    let set = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_USER_TIMEOUT,
+            (&millis as *const libc::c_uint).cast(),
+            std::mem::size_of::<libc::c_uint>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 /// The next complete frame, `Ok(None)` on a clean end of stream (between frames).
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
