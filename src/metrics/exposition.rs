@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use super::histogram::{bucket_upper_bound, HistogramSnapshot, BUCKETS};
-use super::{CoreMetrics, OpKind, ERROR_CODES};
+use super::{CoreMetrics, OpKind, ERROR_CODES, PEER_COUNTERS};
 use crate::proto::client::ErrorCode;
 
 /// How a histogram's values are scaled for exposition.
@@ -183,16 +183,13 @@ pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone)
         let dropped = metrics.stage_samples_dropped.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{core=\"{core}\"}} {dropped}");
     }
-    let name = "kahuna_durable_lane_frames_total";
-    header(
-        &mut out,
-        name,
-        "counter",
-        "Frames of durable answers (acknowledgements, votes) the storage thread wrote itself on a peer's durable-answer lane.",
-    );
-    for (core, metrics) in cores {
-        let frames = metrics.lane_frames.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {frames}");
+    for (index, (field, help)) in PEER_COUNTERS.iter().enumerate() {
+        let name = format!("kahuna_peer_{field}_total");
+        header(&mut out, &name, "counter", help);
+        for (core, metrics) in cores.clone() {
+            let value = metrics.peer[index].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {value}");
+        }
     }
     out
 }
@@ -235,5 +232,28 @@ mod tests {
             last = count;
         }
         assert_eq!(last, 2);
+    }
+
+    #[test]
+    fn renders_every_published_peer_counter() {
+        let metrics = CoreMetrics::default();
+        let stats = crate::transport::TransportStats {
+            messages_sent: 11,
+            lane_messages_sent: 7,
+            connections_lost: 2,
+            ..Default::default()
+        };
+        metrics.publish_peer(&stats);
+        let text = render(std::iter::once((1usize, &metrics)));
+        assert!(
+            text.contains("kahuna_peer_messages_sent_total{core=\"1\"} 11"),
+            "{text}"
+        );
+        assert!(text.contains("kahuna_peer_lane_messages_sent_total{core=\"1\"} 7"));
+        assert!(text.contains("kahuna_peer_connections_lost_total{core=\"1\"} 2"));
+        for (field, _) in PEER_COUNTERS {
+            let name = format!("kahuna_peer_{field}_total");
+            assert!(text.contains(&format!("# TYPE {name} counter")), "{name}");
+        }
     }
 }

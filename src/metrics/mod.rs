@@ -23,6 +23,7 @@ use histogram::AtomicHistogram;
 
 use crate::proto::client::{ErrorCode, Op};
 use crate::server::config::CORES_MAX;
+use crate::transport::TransportStats;
 
 /// Client operations as the metrics name them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,9 +111,102 @@ pub struct CoreMetrics {
     pub requests: [[AtomicU64; ERROR_CODES]; 6],
     /// Proposal timestamps forgotten because the in-flight table was full (stage samples lost).
     pub stage_samples_dropped: AtomicU64,
-    /// Frames of durable answers the storage thread wrote on a peer's durable-answer lane
-    /// (the rest went through the reactor).
-    pub lane_frames: AtomicU64,
+    /// The core's peer transport counters ([`PEER_COUNTERS`] order), as the core last
+    /// published them (every tick): the transport's own counters are the reactor's alone.
+    pub peer: [AtomicU64; PEER_COUNTERS.len()],
+}
+
+/// The peer transport's counters as exposed: `kahuna_peer_<name>_total`, with their help.
+pub const PEER_COUNTERS: [(&str, &str); 19] = [
+    (
+        "messages_sent",
+        "Raft messages written to peers' sockets, main connections and durable-answer lanes.",
+    ),
+    (
+        "lane_messages_sent",
+        "Of those, messages the storage thread wrote on durable-answer lanes.",
+    ),
+    (
+        "messages_received",
+        "Raft messages from peers delivered to the core.",
+    ),
+    (
+        "messages_dropped_queue_full",
+        "Messages dropped because a peer's queue was full (the oldest).",
+    ),
+    (
+        "messages_dropped_unsent",
+        "Messages taken for sending but lost to a broken connection or refused by the encoder.",
+    ),
+    (
+        "frames_sent",
+        "Frames written to peers, heartbeats and lane frames included.",
+    ),
+    (
+        "lane_frames_sent",
+        "Frames the storage thread wrote on durable-answer lanes.",
+    ),
+    (
+        "frames_received",
+        "Frames from peers delivered to the core, heartbeats included.",
+    ),
+    ("heartbeats_sent", "Node heartbeat (empty) frames written."),
+    (
+        "heartbeats_received",
+        "Node heartbeat (empty) frames received.",
+    ),
+    ("bytes_sent", "Frame bytes written to peers."),
+    ("bytes_received", "Frame bytes received from peers."),
+    (
+        "connections_established",
+        "Outbound main connections whose handshake the peer answered.",
+    ),
+    (
+        "connect_failures",
+        "Outbound attempts (main or lane) that failed before the peer answered.",
+    ),
+    (
+        "connections_lost",
+        "Outbound main connections lost after being established.",
+    ),
+    ("lanes_established", "Durable-answer lanes opened."),
+    (
+        "inbound_accepted",
+        "Inbound connections whose handshake was accepted.",
+    ),
+    (
+        "inbound_refused",
+        "Inbound connections refused before or at the handshake.",
+    ),
+    (
+        "inbound_errors",
+        "Established inbound connections closed for a protocol error.",
+    ),
+];
+
+/// `stats` in [`PEER_COUNTERS`] order.
+fn peer_counters(stats: &TransportStats) -> [u64; PEER_COUNTERS.len()] {
+    [
+        stats.messages_sent,
+        stats.lane_messages_sent,
+        stats.messages_received,
+        stats.messages_dropped_queue_full,
+        stats.messages_dropped_unsent,
+        stats.frames_sent,
+        stats.lane_frames_sent,
+        stats.frames_received,
+        stats.heartbeats_sent,
+        stats.heartbeats_received,
+        stats.bytes_sent,
+        stats.bytes_received,
+        stats.connections_established,
+        stats.connect_failures,
+        stats.connections_lost,
+        stats.lanes_established,
+        stats.inbound_accepted,
+        stats.inbound_refused,
+        stats.inbound_errors,
+    ]
 }
 
 fn micros(duration: Duration) -> u64 {
@@ -129,6 +223,13 @@ impl CoreMetrics {
         self.storage_forward_us.record(micros(forward));
         self.storage_handoff_us
             .record(micros(elapsed.saturating_sub(engine)));
+    }
+
+    /// Publishes the core's transport counters for the metrics responder.
+    pub fn publish_peer(&self, stats: &TransportStats) {
+        for (slot, value) in self.peer.iter().zip(peer_counters(stats)) {
+            slot.store(value, Ordering::Relaxed);
+        }
     }
 
     /// The batch that took peer messages received `elapsed` ago goes to storage.

@@ -232,6 +232,7 @@ pub async fn run_loop(
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + tick;
+            crate::metrics::core(state.core).publish_peer(&state.transport.stats());
             let heartbeat_to = state.shard.borrow_mut().tick();
             for peer in heartbeat_to {
                 let _ = state.transport.send(peer, Vec::new());
@@ -390,9 +391,6 @@ async fn write_batches(
                     );
                     lanes_sent_at = written.lanes_sent_at;
                     state.transport.lane_frames_sent(&written.lanes_sent);
-                    crate::metrics::core(state.core)
-                        .lane_frames
-                        .fetch_add(written.lanes_sent.len() as u64, Ordering::Relaxed);
                     lanes_sent = written.lanes_sent;
                     fill_fetched(&state, written.fetched);
                 }

@@ -211,6 +211,7 @@ impl PeerTransport {
             add(&counters.messages_sent, messages);
             add(&counters.bytes_sent, bytes);
             add(&counters.lane_frames_sent, 1);
+            add(&counters.lane_messages_sent, messages);
         }
     }
 

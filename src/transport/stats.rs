@@ -41,6 +41,8 @@ pub struct TransportStats {
     pub lanes_established: u64,
     /// Frames the storage thread wrote on a durable-answer lane (also in `frames_sent`).
     pub lane_frames_sent: u64,
+    /// Messages in those frames (also in `messages_sent`); the rest went on main connections.
+    pub lane_messages_sent: u64,
 }
 
 impl TransportStats {
@@ -71,6 +73,7 @@ pub(crate) struct Counters {
     pub(crate) inbound_errors: Cell<u64>,
     pub(crate) lanes_established: Cell<u64>,
     pub(crate) lane_frames_sent: Cell<u64>,
+    pub(crate) lane_messages_sent: Cell<u64>,
 }
 
 /// Adds `amount` to a counter (saturating: a counter must never be the reason for a panic).
@@ -99,6 +102,7 @@ impl Counters {
             inbound_errors: self.inbound_errors.get(),
             lanes_established: self.lanes_established.get(),
             lane_frames_sent: self.lane_frames_sent.get(),
+            lane_messages_sent: self.lane_messages_sent.get(),
         }
     }
 }
