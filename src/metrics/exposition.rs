@@ -183,7 +183,7 @@ pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone)
         let dropped = metrics.stage_samples_dropped.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{core=\"{core}\"}} {dropped}");
     }
-    for (index, (field, help)) in PEER_COUNTERS.iter().enumerate() {
+    for (index, (field, help, _)) in PEER_COUNTERS.iter().enumerate() {
         let name = format!("kahuna_peer_{field}_total");
         header(&mut out, &name, "counter", help);
         for (core, metrics) in cores.clone() {
@@ -251,7 +251,7 @@ mod tests {
         );
         assert!(text.contains("kahuna_peer_lane_messages_sent_total{core=\"1\"} 7"));
         assert!(text.contains("kahuna_peer_connections_lost_total{core=\"1\"} 2"));
-        for (field, _) in PEER_COUNTERS {
+        for (field, _, _) in PEER_COUNTERS {
             let name = format!("kahuna_peer_{field}_total");
             assert!(text.contains(&format!("# TYPE {name} counter")), "{name}");
         }

@@ -116,98 +116,107 @@ pub struct CoreMetrics {
     pub peer: [AtomicU64; PEER_COUNTERS.len()],
 }
 
-/// The peer transport's counters as exposed: `kahuna_peer_<name>_total`, with their help.
-pub const PEER_COUNTERS: [(&str, &str); 19] = [
+/// One exposed transport counter: its name, its help, and the field of [`TransportStats`] it
+/// reads.
+pub type PeerCounter = (&'static str, &'static str, fn(&TransportStats) -> u64);
+
+/// The peer transport's counters as exposed, `kahuna_peer_<name>_total`: one table, so a name
+/// never labels another counter's value.
+pub const PEER_COUNTERS: [PeerCounter; 19] = [
     (
         "messages_sent",
         "Raft messages written to peers' sockets, main connections and durable-answer lanes.",
+        |stats| stats.messages_sent,
     ),
     (
         "lane_messages_sent",
         "Of those, messages the storage thread wrote on durable-answer lanes.",
+        |stats| stats.lane_messages_sent,
     ),
     (
         "messages_received",
         "Raft messages from peers delivered to the core.",
+        |stats| stats.messages_received,
     ),
     (
         "messages_dropped_queue_full",
         "Messages dropped because a peer's queue was full (the oldest).",
+        |stats| stats.messages_dropped_queue_full,
     ),
     (
         "messages_dropped_unsent",
         "Messages taken for sending but lost to a broken connection or refused by the encoder.",
+        |stats| stats.messages_dropped_unsent,
     ),
     (
         "frames_sent",
         "Frames written to peers, heartbeats and lane frames included.",
+        |stats| stats.frames_sent,
     ),
     (
         "lane_frames_sent",
         "Frames the storage thread wrote on durable-answer lanes.",
+        |stats| stats.lane_frames_sent,
     ),
     (
         "frames_received",
         "Frames from peers delivered to the core, heartbeats included.",
+        |stats| stats.frames_received,
     ),
-    ("heartbeats_sent", "Node heartbeat (empty) frames written."),
+    (
+        "heartbeats_sent",
+        "Node heartbeat (empty) frames written.",
+        |stats| stats.heartbeats_sent,
+    ),
     (
         "heartbeats_received",
         "Node heartbeat (empty) frames received.",
+        |stats| stats.heartbeats_received,
     ),
-    ("bytes_sent", "Frame bytes written to peers."),
-    ("bytes_received", "Frame bytes received from peers."),
+    ("bytes_sent", "Frame bytes written to peers.", |stats| {
+        stats.bytes_sent
+    }),
+    (
+        "bytes_received",
+        "Frame bytes received from peers.",
+        |stats| stats.bytes_received,
+    ),
     (
         "connections_established",
         "Outbound main connections whose handshake the peer answered.",
+        |stats| stats.connections_established,
     ),
     (
         "connect_failures",
         "Outbound attempts (main or lane) that failed before the peer answered.",
+        |stats| stats.connect_failures,
     ),
     (
         "connections_lost",
         "Outbound main connections lost after being established.",
+        |stats| stats.connections_lost,
     ),
-    ("lanes_established", "Durable-answer lanes opened."),
+    (
+        "lanes_established",
+        "Durable-answer lanes opened.",
+        |stats| stats.lanes_established,
+    ),
     (
         "inbound_accepted",
         "Inbound connections whose handshake was accepted.",
+        |stats| stats.inbound_accepted,
     ),
     (
         "inbound_refused",
         "Inbound connections refused before or at the handshake.",
+        |stats| stats.inbound_refused,
     ),
     (
         "inbound_errors",
         "Established inbound connections closed for a protocol error.",
+        |stats| stats.inbound_errors,
     ),
 ];
-
-/// `stats` in [`PEER_COUNTERS`] order.
-fn peer_counters(stats: &TransportStats) -> [u64; PEER_COUNTERS.len()] {
-    [
-        stats.messages_sent,
-        stats.lane_messages_sent,
-        stats.messages_received,
-        stats.messages_dropped_queue_full,
-        stats.messages_dropped_unsent,
-        stats.frames_sent,
-        stats.lane_frames_sent,
-        stats.frames_received,
-        stats.heartbeats_sent,
-        stats.heartbeats_received,
-        stats.bytes_sent,
-        stats.bytes_received,
-        stats.connections_established,
-        stats.connect_failures,
-        stats.connections_lost,
-        stats.lanes_established,
-        stats.inbound_accepted,
-        stats.inbound_refused,
-        stats.inbound_errors,
-    ]
-}
 
 fn micros(duration: Duration) -> u64 {
     duration.as_micros().min(u128::from(u64::MAX)) as u64
@@ -227,8 +236,8 @@ impl CoreMetrics {
 
     /// Publishes the core's transport counters for the metrics responder.
     pub fn publish_peer(&self, stats: &TransportStats) {
-        for (slot, value) in self.peer.iter().zip(peer_counters(stats)) {
-            slot.store(value, Ordering::Relaxed);
+        for (slot, (_, _, read)) in self.peer.iter().zip(PEER_COUNTERS) {
+            slot.store(read(stats), Ordering::Relaxed);
         }
     }
 
