@@ -783,7 +783,7 @@ fn a_peer_that_stops_reading_is_dropped_and_dialled_again() {
     };
     let stats = a.stats();
     assert!(stats.connections_lost >= 1, "{stats:?}");
-    assert_eq!(stats.connections_established, 2, "{stats:?}");
+    assert!(stats.connections_established >= 2, "{stats:?}");
     drop(second);
     drop(a);
     stand_in.join().unwrap();
