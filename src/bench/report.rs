@@ -43,24 +43,6 @@ impl Totals {
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
-
-    pub fn merge(&mut self, other: &Totals) {
-        self.latency_us
-            .add(&other.latency_us)
-            .expect("histograms share bounds");
-        for (kind, count) in &other.errors {
-            *self.errors.entry(kind.clone()).or_insert(0) += count;
-        }
-        self.not_found += other.not_found;
-        self.conflicts += other.conflicts;
-    }
-
-    pub fn reset(&mut self) {
-        self.latency_us.reset();
-        self.errors.clear();
-        self.not_found = 0;
-        self.conflicts = 0;
-    }
 }
 
 fn per_second(count: u64, elapsed: Duration) -> f64 {
@@ -267,19 +249,5 @@ mod tests {
         assert!(json.contains("\"99.9\":"), "{json}");
         assert!(json.contains("\"100\":30"), "{json}");
         assert_eq!(json.matches('{').count(), json.matches('}').count());
-    }
-
-    #[test]
-    fn merge_adds_everything() {
-        let mut a = totals_with(&[1, 2]);
-        let mut b = totals_with(&[3]);
-        b.errors.insert("io".into(), 4);
-        b.not_found = 1;
-        a.merge(&b);
-        assert_eq!(a.ops(), 3);
-        assert_eq!(a.error_count(), 4);
-        assert_eq!(a.not_found, 1);
-        a.reset();
-        assert_eq!(a.ops(), 0);
     }
 }
