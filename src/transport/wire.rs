@@ -21,19 +21,11 @@ pub(crate) const HANDSHAKE_FRAME_BYTES_MAX: usize = 256;
 pub(crate) const READ_CHUNK_BYTES: usize = 64 << 10;
 
 /// Sets `TCP_USER_TIMEOUT` on socket `fd`: data unacknowledged (or unsent behind a zero
-/// window) for `timeout` makes the kernel drop the connection. `timeout` is at least 1 ms and
-/// fits in `u32` milliseconds (checked by `TransportLimits::validate`; 0 would mean the
-/// system's default, i.e. none).
+/// window) for `timeout` makes the kernel drop the connection. `TransportLimits::validate`
+/// keeps `timeout` within 1 ms..=u32::MAX ms; the clamp only keeps a 0 (the system's default,
+/// i.e. no limit) from ever reaching the kernel.
 pub(crate) fn set_unacknowledged_max(fd: RawFd, timeout: Duration) -> std::io::Result<()> {
-    let millis = libc::c_uint::try_from(timeout.as_millis())
-        .ok()
-        .filter(|&millis| millis > 0)
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("TCP_USER_TIMEOUT of {timeout:?} outside 1 ms..=u32::MAX ms"),
-            )
-        })?;
+    let millis = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as libc::c_uint;
     // SAFETY: a socket descriptor the caller owns and a pointer to a live c_uint of the stated
     // size.
     let set = unsafe {
