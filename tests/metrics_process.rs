@@ -211,3 +211,70 @@ fn followers_acknowledge_on_the_durable_lane_only() {
         assert!(main * 4.0 < *lane, "{deltas:?}");
     }
 }
+
+/// A core keeps its groups' kv state (revision caches, session tables) through a pause in
+/// writes shorter than `--unload-after-idle`, though its write buffers are released after 5 s
+/// of it, and unloads that state once the pause is longer. (Unloading with the write buffers
+/// cost the next burst after every few seconds' pause its caches: see
+/// `server::core::unload_idle_groups`.) One node, ports 22130 (client), 22131 (metrics) and
+/// 23130 (peer).
+#[test]
+fn an_idle_core_unloads_its_groups_only_after_the_unload_delay() {
+    const UNLOAD_AFTER_S: u64 = 11;
+    let dir = tempfile::tempdir().unwrap();
+    let _node = Node(
+        Command::new(env!("CARGO_BIN_EXE_kahuna"))
+            .args(["serve", "--id", "1", "--client-addr", "127.0.0.1:22130"])
+            .args(["--peer-addr", "127.0.0.1:23130", "--partitions", "4"])
+            .args(["--unload-after-idle", &UNLOAD_AFTER_S.to_string()])
+            .args(["--metrics-addr", "127.0.0.1:22131", "--data-dir"])
+            .arg(dir.path().join("node-1"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start kahuna serve"),
+    );
+    let client = BlockingClient::new(
+        ClientConfig::new(["127.0.0.1:22130"]).deadline(Duration::from_secs(30)),
+    );
+    for i in 0..40 {
+        client
+            .put(format!("idle-{i}"), "value")
+            .expect("write succeeds");
+    }
+    let written = Instant::now();
+    // Published every second.
+    let loaded = || {
+        sample(
+            &scrape("127.0.0.1:22131").unwrap_or_default(),
+            "kahuna_kv_groups_loaded{core=\"0\"}",
+        )
+    };
+    let start = Instant::now();
+    while loaded().unwrap_or(0.0) < 1.0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no group loaded after 40 writes: {:?}",
+            loaded()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Past the write-buffer release (5 s idle, checked every second) and its publication; the
+    // node's own idle time started no earlier than its last write, before `written`.
+    std::thread::sleep(Duration::from_millis(7_500).saturating_sub(written.elapsed()));
+    let still = loaded();
+    assert!(
+        still.unwrap_or(0.0) >= 1.0,
+        "groups unloaded after {:?} idle, before the {UNLOAD_AFTER_S} s delay: {still:?}",
+        written.elapsed()
+    );
+    while loaded() != Some(0.0) {
+        assert!(
+            written.elapsed() < Duration::from_secs(UNLOAD_AFTER_S + 15),
+            "groups still loaded after {:?} idle: {:?}",
+            written.elapsed(),
+            loaded()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -334,6 +334,11 @@ impl KvMachine {
         clean
     }
 
+    /// Groups whose state the machine holds in memory (for metrics).
+    pub fn loaded_groups(&self) -> usize {
+        self.groups.len()
+    }
+
     /// Values read ahead and not yet used by an apply (for tests and metrics).
     pub fn prefetched_keys(&self, group: GroupId) -> usize {
         self.groups

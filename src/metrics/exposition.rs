@@ -183,6 +183,17 @@ pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone)
         let dropped = metrics.stage_samples_dropped.load(Ordering::Relaxed);
         let _ = writeln!(out, "{name}{{core=\"{core}\"}} {dropped}");
     }
+    let name = "kahuna_kv_groups_loaded";
+    header(
+        &mut out,
+        name,
+        "gauge",
+        "Groups whose kv state (revision cache, session table) the core holds in memory.",
+    );
+    for (core, metrics) in cores.clone() {
+        let groups = metrics.kv_groups_loaded.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {groups}");
+    }
     for (index, (field, help, _)) in PEER_COUNTERS.iter().enumerate() {
         let name = format!("kahuna_peer_{field}_total");
         header(&mut out, &name, "counter", help);

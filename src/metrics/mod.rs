@@ -114,6 +114,9 @@ pub struct CoreMetrics {
     /// The core's peer transport counters ([`PEER_COUNTERS`] order), as the core last
     /// published them (every tick): the transport's own counters are the reactor's alone.
     pub peer: [AtomicU64; PEER_COUNTERS.len()],
+    /// Groups whose kv state (revision cache, session table) the core holds in memory, as
+    /// the core last published it (every second).
+    pub kv_groups_loaded: AtomicU64,
 }
 
 /// One exposed transport counter: its name, its help, and the field of [`TransportStats`] it
@@ -239,6 +242,12 @@ impl CoreMetrics {
         for (slot, (_, _, read)) in self.peer.iter().zip(PEER_COUNTERS) {
             slot.store(read(stats), Ordering::Relaxed);
         }
+    }
+
+    /// Publishes how many groups' kv state the core holds in memory.
+    pub fn publish_kv_groups_loaded(&self, groups: usize) {
+        self.kv_groups_loaded
+            .store(groups as u64, Ordering::Relaxed);
     }
 
     /// The batch that took peer messages received `elapsed` ago goes to storage.

@@ -18,6 +18,11 @@ pub const CORES_MAX: usize = 256;
 /// flush (see `storage::wal_size`); under load RocksDB retires files larger than this.
 pub const WAL_PREALLOCATE_MB_DEFAULT: usize = 48;
 pub const WAL_PREALLOCATE_MB_MAX: usize = crate::storage::WAL_PREALLOCATE_BYTES_MAX >> 20;
+/// Seconds without a write before a core unloads its groups' kv state (see
+/// `core::unload_idle_groups` for why a minute).
+pub const UNLOAD_AFTER_IDLE_S_DEFAULT: u64 = 60;
+/// The longest unload delay accepted (a day).
+pub const UNLOAD_AFTER_IDLE_S_MAX: u64 = 86_400;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pinning {
@@ -51,6 +56,9 @@ pub struct NodeConfig {
     /// RocksDB: MiB each WAL file of a core's database is written out to (0: none); see
     /// `RocksEngine::open_preallocated`.
     pub wal_preallocate_mb: usize,
+    /// Seconds a core writes nothing before it drops its groups' revision caches and session
+    /// tables (see `core::unload_idle_groups`).
+    pub unload_after_idle_s: u64,
 }
 
 impl Default for NodeConfig {
@@ -71,6 +79,7 @@ impl Default for NodeConfig {
             metrics_addr: None,
             compact_after: 10_000,
             wal_preallocate_mb: WAL_PREALLOCATE_MB_DEFAULT,
+            unload_after_idle_s: UNLOAD_AFTER_IDLE_S_DEFAULT,
         }
     }
 }
@@ -165,6 +174,9 @@ impl NodeConfig {
                 "--wal-preallocate-mb" => {
                     config.wal_preallocate_mb = parse_number(flag, &value()?)?
                 }
+                "--unload-after-idle" => {
+                    config.unload_after_idle_s = parse_number(flag, &value()?)?
+                }
                 other => return Err(ConfigError(format!("unknown flag '{other}'"))),
             }
         }
@@ -195,6 +207,11 @@ impl NodeConfig {
         if self.wal_preallocate_mb > WAL_PREALLOCATE_MB_MAX {
             return fail(format!(
                 "--wal-preallocate-mb must be at most {WAL_PREALLOCATE_MB_MAX}"
+            ));
+        }
+        if self.unload_after_idle_s == 0 || self.unload_after_idle_s > UNLOAD_AFTER_IDLE_S_MAX {
+            return fail(format!(
+                "--unload-after-idle must be in 1..={UNLOAD_AFTER_IDLE_S_MAX} seconds"
             ));
         }
         if self.tick_ms == 0 || self.tick_ms > 10_000 {
@@ -245,10 +262,14 @@ mod tests {
     fn parses_the_documented_flags() {
         let config = NodeConfig::from_args(&args(
             "--id 2 --data-dir /tmp/x --client-addr 127.0.0.1:9 --peer-addr 127.0.0.1:10 \
-             --peers 1=127.0.0.1:20,3=127.0.0.1:30 --partitions 128 --cores 2 --storage sqlite",
+             --peers 1=127.0.0.1:20,3=127.0.0.1:30 --partitions 128 --cores 2 --storage sqlite \
+             --unload-after-idle 600",
         ))
         .unwrap();
         assert_eq!(config.id, 2);
+        assert_eq!(config.unload_after_idle_s, 600);
+        let defaults = NodeConfig::from_args(&[]).unwrap();
+        assert_eq!(defaults.unload_after_idle_s, UNLOAD_AFTER_IDLE_S_DEFAULT);
         assert_eq!(config.node_ids(), vec![1, 2, 3]);
         assert_eq!(config.partitions, 128);
         assert_eq!(config.storage, Engine::Sqlite);
@@ -265,6 +286,15 @@ mod tests {
             ("--bogus 1", "unknown flag"),
             ("--id", "needs a value"),
             ("--id 1 --peers 1=h:1", "own id"),
+            (
+                "--unload-after-idle 0",
+                "--unload-after-idle must be in 1..=86400",
+            ),
+            (
+                "--unload-after-idle 86401",
+                "--unload-after-idle must be in 1..=86400",
+            ),
+            ("--unload-after-idle soon", "not a valid number"),
         ] {
             let error = NodeConfig::from_args(&args(text)).unwrap_err();
             assert!(error.0.contains(needle), "{text}: {error}");

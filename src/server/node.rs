@@ -11,7 +11,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::clients::{handle_handover, serve_clients, ClusterView, Serving};
 use super::config::{NodeConfig, Pinning};
-use super::core::{run_loop, CoreState};
+use super::core::{run_loop, CoreState, LoopSettings};
 use super::memlock::{explain_executor_failure, raise_memlock_limit};
 use super::mesh::{self, Handover, Router};
 use super::placement::{core_of, group_of, replicas};
@@ -305,13 +305,12 @@ async fn run_core(
         router,
     };
     glommio::spawn_local(serve_clients(listener, serving)).detach();
-    run_loop(
-        state,
-        ring,
-        Duration::from_millis(config.tick_ms),
-        config.compact_after,
-    )
-    .await;
+    let settings = LoopSettings {
+        tick: Duration::from_millis(config.tick_ms),
+        compact_after: config.compact_after,
+        unload_after_idle: Duration::from_secs(config.unload_after_idle_s),
+    };
+    run_loop(state, ring, settings).await;
     Ok(())
 }
 
