@@ -35,19 +35,38 @@ fn sample(text: &str, series: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
-#[test]
-fn metrics_endpoint_exposes_write_path_stages_after_writes() {
-    let dir = tempfile::tempdir().unwrap();
-    let _node = Node(
+/// Starts a single-node store (quorum of one) with 4 partitions in `dir`, plus `extra` flags.
+fn single_node(
+    dir: &std::path::Path,
+    client: &str,
+    peer: &str,
+    metrics: &str,
+    extra: &[&str],
+) -> Node {
+    Node(
         Command::new(env!("CARGO_BIN_EXE_kahuna"))
-            .args(["serve", "--id", "1", "--client-addr", "127.0.0.1:22100"])
-            .args(["--peer-addr", "127.0.0.1:23100", "--partitions", "4"])
-            .args(["--metrics-addr", "127.0.0.1:22101", "--data-dir"])
-            .arg(dir.path().join("node-1"))
+            .args(["serve", "--id", "1", "--client-addr", client])
+            .args(["--peer-addr", peer, "--partitions", "4"])
+            .args(["--metrics-addr", metrics])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.join("node-1"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()
             .expect("start kahuna serve"),
+    )
+}
+
+#[test]
+fn metrics_endpoint_exposes_write_path_stages_after_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let _node = single_node(
+        dir.path(),
+        "127.0.0.1:22100",
+        "127.0.0.1:23100",
+        "127.0.0.1:22101",
+        &[],
     );
     let client = BlockingClient::new(
         ClientConfig::new(["127.0.0.1:22100"]).deadline(Duration::from_secs(30)),
@@ -225,17 +244,12 @@ fn followers_acknowledge_on_the_durable_lane_only() {
 fn an_idle_core_unloads_its_groups_only_after_the_unload_delay() {
     const UNLOAD_AFTER_S: u64 = 11;
     let dir = tempfile::tempdir().unwrap();
-    let _node = Node(
-        Command::new(env!("CARGO_BIN_EXE_kahuna"))
-            .args(["serve", "--id", "1", "--client-addr", "127.0.0.1:22130"])
-            .args(["--peer-addr", "127.0.0.1:23130", "--partitions", "4"])
-            .args(["--unload-after-idle", &UNLOAD_AFTER_S.to_string()])
-            .args(["--metrics-addr", "127.0.0.1:22131", "--data-dir"])
-            .arg(dir.path().join("node-1"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start kahuna serve"),
+    let _node = single_node(
+        dir.path(),
+        "127.0.0.1:22130",
+        "127.0.0.1:23130",
+        "127.0.0.1:22131",
+        &["--unload-after-idle", &UNLOAD_AFTER_S.to_string()],
     );
     let client = BlockingClient::new(
         ClientConfig::new(["127.0.0.1:22130"]).deadline(Duration::from_secs(30)),

@@ -118,6 +118,21 @@ fn code_name(code: usize) -> String {
     ErrorCode::from_u16(code as u16).map_or_else(|| format!("code{code}"), |c| format!("{c:?}"))
 }
 
+/// One value per core, labelled by core, under its header.
+fn per_core<'a>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    cores: impl Iterator<Item = (usize, &'a CoreMetrics)>,
+    read: impl Fn(&CoreMetrics) -> u64,
+) {
+    header(out, name, kind, help);
+    for (core, metrics) in cores {
+        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {}", read(metrics));
+    }
+}
+
 /// The whole exposition for the given cores.
 pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone) -> String {
     let mut out = String::with_capacity(64 << 10);
@@ -172,35 +187,31 @@ pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone)
             }
         }
     }
-    let name = "kahuna_stage_samples_dropped_total";
-    header(
+    per_core(
         &mut out,
-        name,
+        "kahuna_stage_samples_dropped_total",
         "counter",
         "Write-path timing samples lost to the bounded in-flight tables.",
+        cores.clone(),
+        |metrics| metrics.stage_samples_dropped.load(Ordering::Relaxed),
     );
-    for (core, metrics) in cores.clone() {
-        let dropped = metrics.stage_samples_dropped.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {dropped}");
-    }
-    let name = "kahuna_kv_groups_loaded";
-    header(
+    per_core(
         &mut out,
-        name,
+        "kahuna_kv_groups_loaded",
         "gauge",
         "Groups whose kv state (revision cache, session table) the core holds in memory.",
+        cores.clone(),
+        |metrics| metrics.kv_groups_loaded.load(Ordering::Relaxed),
     );
-    for (core, metrics) in cores.clone() {
-        let groups = metrics.kv_groups_loaded.load(Ordering::Relaxed);
-        let _ = writeln!(out, "{name}{{core=\"{core}\"}} {groups}");
-    }
     for (index, (field, help, _)) in PEER_COUNTERS.iter().enumerate() {
-        let name = format!("kahuna_peer_{field}_total");
-        header(&mut out, &name, "counter", help);
-        for (core, metrics) in cores.clone() {
-            let value = metrics.peer[index].load(Ordering::Relaxed);
-            let _ = writeln!(out, "{name}{{core=\"{core}\"}} {value}");
-        }
+        per_core(
+            &mut out,
+            &format!("kahuna_peer_{field}_total"),
+            "counter",
+            help,
+            cores.clone(),
+            |metrics| metrics.peer[index].load(Ordering::Relaxed),
+        );
     }
     out
 }
