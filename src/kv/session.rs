@@ -186,18 +186,14 @@ impl SessionTable {
         });
         if self.by_age.len() > 2 * self.by_client.len() + STALE_AGES_SLACK {
             let by_client = &self.by_client;
-            self.by_age.retain(|&(index, client)| {
-                by_client.get(&client).map(|r| r.last_index) == Some(index)
-            });
+            self.by_age
+                .retain(|&(index, client)| age_is_live(by_client, index, client));
             debug_assert_eq!(self.by_age.len(), self.by_client.len());
         }
     }
 
-    /// Whether the age record `(index, client)` is the client's current one.
     fn is_live(&self, index: Index, client: u64) -> bool {
-        self.by_client
-            .get(&client)
-            .is_some_and(|record| record.last_index == index)
+        age_is_live(&self.by_client, index, client)
     }
 
     /// The live sessions' clients, least recently applied first (the eviction order).
@@ -209,6 +205,14 @@ impl SessionTable {
             .map(|&(_, client)| client)
             .collect()
     }
+}
+
+/// Whether the age record `(index, client)` is the client's current one (a free function so
+/// the sweep can call it while it holds the queue mutably).
+fn age_is_live(by_client: &AHashMap<u64, SessionRecord>, index: Index, client: u64) -> bool {
+    by_client
+        .get(&client)
+        .is_some_and(|record| record.last_index == index)
 }
 
 #[cfg(test)]
