@@ -79,7 +79,7 @@ struct Node {
     /// Batches written but not yet synced, in order.
     unsynced: VecDeque<PersistToken>,
     /// A batch of applies alone held back to be written with a later one, as a node's core
-    /// does (`ShardBatch::applies_only`, `ShardBatch::absorb`); lost with a crash.
+    /// does (`ShardBatch::may_wait`, `ShardBatch::absorb`); lost with a crash.
     held: Option<ShardBatch>,
     up: bool,
     paused_until: u64,
@@ -416,7 +416,7 @@ impl Sim {
             (None, collected) => collected,
         };
         let to_write = match to_write {
-            Some(batch) if batch.applies_only() && self.hold_dice.chance(self.hold_chance) => {
+            Some(batch) if batch.may_wait() && self.hold_dice.chance(self.hold_chance) => {
                 node.held = Some(batch);
                 self.batches_held += 1;
                 None

@@ -42,6 +42,10 @@ pub struct Ready {
     /// be reported persisted once written, as long as every earlier Ready that needed a sync
     /// was synced first.
     pub must_sync: bool,
+    /// The hard state's term or vote changed: it must be durable before any message this
+    /// Ready holds (a vote granted, an append accepted in a new term) leaves. A subset of
+    /// `must_sync`, which also covers entries and snapshots.
+    pub vote_changed: bool,
     /// The leader has a follower behind its log start and no image to stream to it (it keeps
     /// only the snapshot's meta). The image must cover a prefix the leader still agrees with:
     /// an index at or after its compaction point and at most its applied index, e.g. the

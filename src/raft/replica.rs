@@ -1682,9 +1682,9 @@ impl Raft {
             self.last_hard_state = hard_state;
             hard_state
         });
-        let must_sync = !entries.is_empty()
-            || snapshot.is_some()
-            || hard_state.is_some_and(|h| h.term != previous.term || h.vote != previous.vote);
+        let vote_changed =
+            hard_state.is_some_and(|h| h.term != previous.term || h.vote != previous.vote);
+        let must_sync = !entries.is_empty() || snapshot.is_some() || vote_changed;
         let snapshot_wanted = self.image_request == ImageRequest::Wanted;
         if snapshot_wanted {
             self.image_request = ImageRequest::Outstanding;
@@ -1706,6 +1706,7 @@ impl Raft {
             read_states: std::mem::take(&mut self.read_states),
             dropped_reads: std::mem::take(&mut self.dropped_reads),
             must_sync,
+            vote_changed,
             snapshot_wanted,
         };
         if ready.must_persist() {

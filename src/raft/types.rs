@@ -100,6 +100,38 @@ impl ConfState {
         self.is_voter(id) || self.is_learner(id)
     }
 
+    /// Whether the leader's commits wait, in the common case, for `id`'s durable
+    /// acknowledgements in group `group` led by `leader`: the leader itself, and the first
+    /// `quorum - 1` of the other voters in an order rotated by the group id (so that across
+    /// many groups the waiting is spread over the nodes). With three voters that is the leader
+    /// and one follower; the other follower is spare: its acknowledgement only matters when
+    /// the chosen one is slow or down.
+    ///
+    /// A spare follower may delay making its log durable, and so its acknowledgement (the
+    /// shard holds such a write briefly to join it to a later one): one fewer sync competes
+    /// for the disk with the two that decide the commit, and any delay is only a slow follower
+    /// to Raft, which counts whichever majority acknowledges first. Conservative everywhere
+    /// else: a leader that is not known or not a voter, or a member that is not a voter,
+    /// counts as waited for.
+    pub fn commit_waits_for(&self, group: GroupId, leader: NodeId, id: NodeId) -> bool {
+        if id == leader || !self.is_voter(leader) || !self.is_voter(id) {
+            return true;
+        }
+        let others = self.voters.len() - 1;
+        let waited = self.voters.len() / 2; // a majority, less the leader
+        let Some(position) = self
+            .voters
+            .iter()
+            .filter(|&&voter| voter != leader)
+            .position(|&voter| voter == id)
+        else {
+            return true;
+        };
+        // Rotated order: position `(group + k) % others` is the k-th waited for.
+        let rank = (position + others - (group % others as u64) as usize) % others;
+        rank < waited
+    }
+
     /// Every member, voters first.
     pub fn members(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.voters.iter().chain(self.learners.iter()).copied()

@@ -194,12 +194,15 @@ pub enum ProposeFailure {
     Timeout,
 }
 
-/// How long a batch that only applies committed entries (`ShardBatch::applies_only`) may wait
-/// for the next batch, to be written with it. Such a batch follows every commit on the leader
-/// (its clients are already answered from the in-memory apply), and under a steady trickle of
-/// writes the next proposal's batch comes within a client round trip: one storage write (and
-/// one blocking-pool round trip) then carries both. Reads waiting for a written apply end the
-/// wait at once.
+/// How long a batch that nothing waits for (`ShardBatch::may_wait`) may wait for the next
+/// batch, to be written with it. Such a batch follows every commit on the leader (its clients
+/// are already answered from the in-memory apply), and under a steady trickle of writes the
+/// next proposal's batch comes within a client round trip: one storage write (and one
+/// blocking-pool round trip) then carries both. Reads waiting for a written apply end the wait
+/// at once. A spare follower's entries wait the same way (`ShardBatch::prompt`): it syncs
+/// with its next batch, or after this long; the leader's commits wait for the other two
+/// replicas, whose syncs then share the disk with one fewer. This is also the most a commit
+/// waits for a spare follower when the follower it normally waits for is down.
 const APPLY_HOLD: Duration = Duration::from_millis(2);
 
 /// Batches collected and not yet written and released, at most. With two, the loop collected
@@ -277,7 +280,11 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, settings: L
                 let received = state.received_at.take();
                 start_snapshot_reads(&state, std::mem::take(&mut batch.snapshots_wanted));
                 crate::metrics::stages::collected(state.core, &batch);
-                for (peer, messages) in std::mem::take(&mut batch.send_now) {
+                // Peers whose acknowledgements decide a commit first (a stable sort keeps
+                // the rest in order).
+                let mut sends: Vec<_> = std::mem::take(&mut batch.send_now).into_iter().collect();
+                sends.sort_by_key(|(peer, _)| !batch.urgent_peers.contains(peer));
+                for (peer, messages) in sends {
                     let _ = state.transport.send(peer, messages);
                 }
                 // A committed entry is durable on a majority and its outcome is decided by the
@@ -291,7 +298,7 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, settings: L
                     }
                     None => (batch, received, Instant::now() + APPLY_HOLD),
                 };
-                if batch.applies_only() && state.reads.borrow().is_empty() {
+                if batch.may_wait() && state.reads.borrow().is_empty() {
                     held = Some((batch, received, hold_until));
                     start_fetches(&state, fetches);
                 } else {

@@ -48,6 +48,14 @@ impl NodeLiveness {
             .is_some_and(|&silent| silent < self.timeout_ticks)
     }
 
+    /// Whether `node` was heard from within the last `ticks` ticks (a stricter test than
+    /// [`NodeLiveness::is_live`]: for choices that want the peer answering now).
+    pub fn heard_within(&self, node: NodeId, ticks: u32) -> bool {
+        self.silent_ticks
+            .get(&node)
+            .is_some_and(|&silent| silent < ticks)
+    }
+
     pub fn peers(&self) -> impl Iterator<Item = NodeId> + '_ {
         self.silent_ticks.keys().copied()
     }

@@ -113,6 +113,26 @@ struct Slot {
     written_applied: Index,
 }
 
+/// Whether `raft` is a spare follower now: the commit does not wait for it
+/// ([`crate::raft::ConfState::commit_waits_for`]) and every follower it does wait for was
+/// heard from within `within` ticks (a node sends at least a heartbeat each
+/// `node_heartbeat_ticks`). When one of those goes quiet (down, cut off, stalled), the commit
+/// needs this replica's acknowledgement, and its writes are waited for again at once.
+fn is_spare(liveness: &NodeLiveness, within: u32, group: GroupId, raft: &Raft) -> bool {
+    let (me, leader) = (raft.id(), raft.leader());
+    if raft.is_leader() {
+        return false;
+    }
+    let conf = raft.conf_state();
+    !conf.commit_waits_for(group, leader, me)
+        && conf
+            .voters
+            .iter()
+            .filter(|&&voter| voter != leader && voter != me)
+            .filter(|&&voter| conf.commit_waits_for(group, leader, voter))
+            .all(|&voter| liveness.heard_within(voter, within))
+}
+
 /// Held entries a blocked group shows the state machine at once, so one read covers them.
 const HINT_AHEAD_MAX: usize = 64;
 
@@ -140,20 +160,36 @@ pub struct ShardBatch {
     /// its log start (`Ready::snapshot_wanted`). Each group appears at most once until answered.
     pub snapshots_wanted: Vec<GroupId>,
     pub token: PersistToken,
+    /// Something in this batch is waited for: a write that must be durable before a message
+    /// leaves or a commit counts it (entries of a replica the commit waits for, a new term or
+    /// vote), or a message held for durability by such a replica. Entries a spare follower
+    /// wrote (see [`crate::raft::ConfState::commit_waits_for`]), and their acknowledgements,
+    /// are not: no commit waits for them.
+    pub prompt: bool,
+    /// Peers this batch sends new entries whose commit waits for them (the leader's one
+    /// follower of a group of three, see [`crate::raft::ConfState::commit_waits_for`]): send
+    /// to them first, so the acknowledgements that decide commits start soonest.
+    pub urgent_peers: Vec<NodeId>,
 }
 
 impl ShardBatch {
-    /// Whether this batch only applies committed entries (and compacts): nothing in it needs a
-    /// sync, and no message or read waits for its write. Such a batch may wait for the next one
-    /// and be written with it ([`ShardBatch::absorb`]).
-    pub fn applies_only(&self) -> bool {
-        !self.write.sync
+    /// Whether nothing waits for this batch's write: it applies committed entries, compacts,
+    /// or holds a spare follower's entries and acknowledgements (not [`ShardBatch::prompt`]),
+    /// and no read, restore or image request waits for it. Such a batch may wait for the next
+    /// one and be written with it ([`ShardBatch::absorb`]); if it holds entries it is still
+    /// synced when written, and its acknowledgements leave only then.
+    pub fn may_wait(&self) -> bool {
+        !self.prompt
             && !self.write.is_empty()
-            && self.token.after_persist.is_empty()
             && self.read_states.is_empty()
             && self.dropped_reads.is_empty()
             && self.restored.is_empty()
             && self.snapshots_wanted.is_empty()
+            && self
+                .write
+                .groups
+                .iter()
+                .all(|write| !write.destroy && write.snapshot.is_none())
     }
 
     /// Appends `later`, collected after this batch, so that both are written as one storage
@@ -165,6 +201,12 @@ impl ShardBatch {
             "messages to send now are sent at collect"
         );
         self.write.sync |= later.write.sync;
+        self.prompt |= later.prompt;
+        for peer in later.urgent_peers {
+            if !self.urgent_peers.contains(&peer) {
+                self.urgent_peers.push(peer);
+            }
+        }
         self.write.groups.extend(later.write.groups);
         self.applied.extend(later.applied);
         self.restored.extend(later.restored);
@@ -556,6 +598,19 @@ impl<S: StateMachine> Shard<S> {
                 // `must_sync` and are written (with the commit index of the moment).
                 write.hard_state = ready.hard_state.filter(|_| ready.must_sync);
                 write.must_sync = ready.must_sync;
+                // A spare follower's new entries wait for nobody (see `ShardBatch::prompt`);
+                // a new term or vote, a snapshot, or anything of a replica the commit waits
+                // for does.
+                let spare = is_spare(
+                    &self.liveness,
+                    self.config.node_heartbeat_ticks + 1,
+                    group,
+                    &slot.raft,
+                );
+                let waits_for_it = ready.must_sync || !ready.persisted_messages.is_empty();
+                if waits_for_it && !(spare && !ready.vote_changed && ready.snapshot.is_none()) {
+                    batch.prompt = true;
+                }
                 if let Some(snapshot) = &ready.snapshot {
                     let index = snapshot.meta.index;
                     // Raft installs a snapshot only past its commit index, so it covers every
@@ -585,6 +640,15 @@ impl<S: StateMachine> Shard<S> {
                     }
                 }
                 for message in ready.messages {
+                    let urgent = matches!(&message.body, MessageBody::Append { entries, .. } if !entries.is_empty())
+                        && slot
+                            .raft
+                            .conf_state()
+                            .commit_waits_for(group, message.from, message.to)
+                        && !batch.urgent_peers.contains(&message.to);
+                    if urgent {
+                        batch.urgent_peers.push(message.to);
+                    }
                     batch.send_now.entry(message.to).or_default().push(message);
                 }
                 for message in ready.persisted_messages {
