@@ -117,7 +117,9 @@ impl ConfState {
         if id == leader || !self.is_voter(leader) || !self.is_voter(id) {
             return true;
         }
+        // Both are distinct voters here, so there is at least one other voter.
         let others = self.voters.len() - 1;
+        debug_assert!(others >= 1);
         let waited = self.voters.len() / 2; // a majority, less the leader
         let Some(position) = self
             .voters

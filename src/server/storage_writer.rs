@@ -127,12 +127,15 @@ impl StorageWriter {
     }
 
     /// [`StorageWriter::write`], with the state machine's `fetches` read in the same trip to
-    /// the blocking pool, just before the write: one hand-off (a pool thread woken, the
-    /// reactor woken again) instead of two. At one client a hand-off costs about as much as
-    /// the read itself on a shared machine. The fetched values arrive with the write's
-    /// completion, so only fetches nothing waits on sooner should ride here (reads ahead of an
-    /// apply that itself waits for a commit). Reading before the batch is written is what a
-    /// fetch beside the write may see anyway (see [`StorageWriter::fetch`]).
+    /// the blocking pool, right after the write and after the answers it releases left: one
+    /// hand-off (a pool thread woken, the reactor woken again) instead of two, and nothing
+    /// that waits for the write's durability waits for the reads. At one client a hand-off
+    /// costs about as much as the read itself on a shared machine. The fetched values arrive
+    /// with the write's completion, so only fetches nothing waits on sooner should ride here
+    /// (reads ahead of an apply that itself waits for a commit). Reading after the batch is
+    /// written is what a fetch behind the backend's lock sees anyway (see
+    /// [`StorageWriter::fetch`]): a key this batch applies is in the machine's cache, and the
+    /// fill skips it.
     ///
     /// `lane_frames` are the answers the batch releases, for peers with an open durable-answer
     /// lane: written by the pool thread itself once the write returned, so the reactor need not
@@ -152,20 +155,22 @@ impl StorageWriter {
             .spawn_blocking(move || {
                 let forward = called.elapsed();
                 let mut backend = backend.lock().map_err(|_| poisoned())?;
-                let fetched = match &reader {
-                    Some(reader) => fetch_all(&ConcurrentReader(&**reader), fetches)?,
-                    None => fetch_all(&BackendReader(&**backend), fetches)?,
-                };
                 let started = Instant::now();
                 backend.write(&batch)?;
                 let engine = started.elapsed();
-                drop(backend);
+                // The answers first: they wait for nothing but the write, and on a follower
+                // they are what the leader's commit waits for.
                 let lanes_sent: Vec<_> = lane_frames
                     .iter()
                     .filter(|sending| sending.lane.try_send(&sending.frame))
                     .map(|sent| (sent.lane.peer(), sent.messages, sent.frame.len()))
                     .collect();
                 let lanes_sent_at = (!lanes_sent.is_empty()).then(Instant::now);
+                let fetched = match &reader {
+                    Some(reader) => fetch_all(&ConcurrentReader(&**reader), fetches)?,
+                    None => fetch_all(&BackendReader(&**backend), fetches)?,
+                };
+                drop(backend);
                 Ok(Written {
                     engine,
                     forward,
