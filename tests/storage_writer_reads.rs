@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kahuna::kv::Fetch;
 use kahuna::raft::{Entry, GroupId, Index};
-use kahuna::server::storage_writer::StorageWriter;
+use kahuna::server::storage_writer::{StorageWriter, Written};
 use kahuna::storage::{
     Apply, Backend, ConcurrentKvReader, GroupWrite, KvOp, KvSnapshotReader, RecoveryState, Result,
     RocksDbBackend, Space, SqliteBackend, StorageError, WriteBatch,
@@ -421,12 +421,15 @@ fn lane_and_peer() -> (Arc<DurableLane>, StdStream) {
     (Arc::new(DurableLane::over(2, dialled).unwrap()), peer)
 }
 
-/// Writes `put(2, b"a", b"2")` through a StorageWriter whose backend runs `before` first, with
-/// one lane frame for peer 2 riding along; the written result.
-fn write_with_a_lane_frame(
+/// Writes `put(2, b"a", b"2")` through a StorageWriter whose backend runs `before` first
+/// (and `on_read` at each kv read), with `fetches` and one lane frame for peer 2 riding along;
+/// the written result.
+fn write_with_a_lane_frame_and(
     lane: Arc<DurableLane>,
-    before: BeforeWrite,
-) -> Result<Vec<(u64, usize, usize)>> {
+    before: Option<BeforeWrite>,
+    on_read: Option<OnRead>,
+    fetches: Vec<Fetch>,
+) -> Result<Written> {
     let dir = tempfile::tempdir().unwrap();
     let inner = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
     let gate = Gate::default();
@@ -434,8 +437,8 @@ fn write_with_a_lane_frame(
     let backend = GatedWrites {
         inner,
         gate,
-        before: Some(before),
-        on_read: None,
+        before,
+        on_read,
     };
     let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .spawn(move || async move {
@@ -446,12 +449,19 @@ fn write_with_a_lane_frame(
                 messages: 1,
             };
             writer
-                .write_and_fetch(put(2, b"a", b"2"), vec![], vec![frame])
+                .write_and_fetch(put(2, b"a", b"2"), fetches, vec![frame])
                 .await
-                .map(|written| written.lanes_sent)
         })
         .unwrap();
     executor.join().unwrap()
+}
+
+/// As [`write_with_a_lane_frame_and`] with `before` and nothing else; the lane frames sent.
+fn write_with_a_lane_frame(
+    lane: Arc<DurableLane>,
+    before: BeforeWrite,
+) -> Result<Vec<(u64, usize, usize)>> {
+    write_with_a_lane_frame_and(lane, Some(before), None, vec![]).map(|written| written.lanes_sent)
 }
 
 /// The answers a batch released leave on the lane only once its write returned: the peer has
@@ -514,33 +524,12 @@ fn lane_answers_leave_before_riding_fetches_are_read() {
     let watched = peer.try_clone().unwrap();
     let seen_at_reads = Arc::new(Mutex::new(Vec::new()));
     let seen = seen_at_reads.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let inner = RocksDbBackend::open_rocksdb(&dir.path().join("rocks")).unwrap();
-    let gate = Gate::default();
-    gate.open();
-    let backend = GatedWrites {
-        inner,
-        gate,
-        before: None,
-        on_read: Some(Arc::new(move || {
-            seen.lock().unwrap().push(readable_now(&watched));
-        })),
-    };
-    let executor = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
-        .spawn(move || async move {
-            let writer = StorageWriter::new(Box::new(backend));
-            let frame = LaneFrame {
-                lane,
-                frame: b"the batch's answers".to_vec(),
-                messages: 1,
-            };
-            writer
-                .write_and_fetch(put(2, b"a", b"2"), vec![fetch(b"a")], vec![frame])
-                .await
-                .map(|written| (written.lanes_sent.len(), written.fetched.len()))
-        })
-        .unwrap();
-    let (sent, fetched) = executor.join().unwrap().expect("the write succeeds");
+    let on_read: OnRead = Arc::new(move || {
+        seen.lock().unwrap().push(readable_now(&watched));
+    });
+    let written = write_with_a_lane_frame_and(lane, None, Some(on_read), vec![fetch(b"a")])
+        .expect("the write succeeds");
+    let (sent, fetched) = (written.lanes_sent.len(), written.fetched.len());
     assert_eq!((sent, fetched), (1, 1));
     assert_eq!(
         *seen_at_reads.lock().unwrap(),
