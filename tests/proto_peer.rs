@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use kahuna::proto::frame::{FrameDecoder, FrameError};
-use kahuna::proto::limits::PEER_FRAME_BYTES_MAX;
+use kahuna::proto::limits::{PEER_FRAME_BYTES_MAX, QUIET_NODES_MAX};
 use kahuna::proto::peer::{
     decode_batch, decode_handshake, message_bytes_bound, Handshake, HandshakeError, Lane,
     PeerDecodeError, PeerEncodeError, PeerEncoder, PEER_PROTOCOL_VERSION,
@@ -290,6 +290,53 @@ fn an_empty_batch_round_trips() {
     let encoded = encoder.encode_batch(FROM, TO, &[]).unwrap();
     assert_eq!(encoded.messages_encoded, 0);
     assert!(decode_batch(encoded.frame).unwrap().messages.is_empty());
+}
+
+#[test]
+fn quiet_reports_round_trip_and_no_report_stays_none() {
+    let mut encoder = PeerEncoder::new();
+    let messages = every_variant();
+    let plain = decode_batch(encoder.encode_batch(FROM, TO, &messages).unwrap().frame).unwrap();
+    assert_eq!(plain.quiet_nodes, None, "no report unless one is set");
+    for report in [&[][..], &[3], &[2, 3, 9]] {
+        encoder.set_quiet_report(Some(report));
+        let batch = decode_batch(encoder.encode_batch(FROM, TO, &messages).unwrap().frame).unwrap();
+        assert_eq!(batch.quiet_nodes.as_deref(), Some(report));
+        assert_eq!(batch.messages, delivery_order(&messages));
+        let empty = decode_batch(encoder.encode_batch(FROM, TO, &[]).unwrap().frame).unwrap();
+        assert_eq!(
+            empty.quiet_nodes.as_deref(),
+            Some(report),
+            "node heartbeats carry it"
+        );
+    }
+    encoder.set_quiet_report(None);
+    let batch = decode_batch(encoder.encode_batch(FROM, TO, &[]).unwrap().frame).unwrap();
+    assert_eq!(batch.quiet_nodes, None);
+}
+
+/// The frame size bounds hold with the largest quiet report: a frame full of the smallest
+/// messages stays under the limit (the encoder asserts it).
+#[test]
+fn the_largest_quiet_report_fits_in_the_frame_bounds() {
+    let message = |group| Message {
+        group,
+        from: FROM,
+        to: TO,
+        term: 1,
+        body: MessageBody::TimeoutNow,
+    };
+    let messages: Vec<Message> = (0..4096).map(message).collect();
+    let report: Vec<u64> = (3..3 + QUIET_NODES_MAX as u64).collect();
+    let mut encoder = PeerEncoder::new().with_frame_bytes_max(64 << 10);
+    encoder.set_quiet_report(Some(&report));
+    let mut rest = &messages[..];
+    while !rest.is_empty() {
+        let encoded = encoder.encode_batch(FROM, TO, rest).unwrap();
+        let batch = decode_batch(encoded.frame).unwrap();
+        assert_eq!(batch.quiet_nodes.as_deref(), Some(&report[..]));
+        rest = &rest[encoded.messages_encoded..];
+    }
 }
 
 #[test]

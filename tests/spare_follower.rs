@@ -5,7 +5,7 @@
 //! (`ShardBatch::may_wait`): a spare's entries may wait, the waited-for follower's never do,
 //! and a spare whose waited-for peer goes quiet is waited for again at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 use kahuna::raft::{ConfState, Config, Entry, GroupId, Message, NodeId, RestoreState};
@@ -90,6 +90,8 @@ struct Trio {
     entry_batches: BTreeMap<NodeId, Vec<bool>>,
     /// Per node, the peers its batches named to be sent to first, in order.
     urgent: BTreeMap<NodeId, Vec<NodeId>>,
+    /// One-way links that drop everything: (from, to).
+    cut: BTreeSet<(NodeId, NodeId)>,
 }
 
 impl Trio {
@@ -114,11 +116,15 @@ impl Trio {
             shards,
             entry_batches: BTreeMap::new(),
             urgent: BTreeMap::new(),
+            cut: BTreeSet::new(),
         }
     }
 
     fn deliver(&mut self, from: NodeId, messages: BTreeMap<NodeId, Vec<Message>>) {
         for (to, messages) in messages {
+            if self.cut.contains(&(from, to)) {
+                continue;
+            }
             if let Some(shard) = self.shards.get_mut(&to) {
                 let rejected = shard.receive(from, messages);
                 assert!(rejected.is_empty(), "{rejected:?}");
@@ -238,4 +244,77 @@ fn a_spare_whose_waited_for_peer_is_quiet_is_waited_for_again() {
         index,
         "the leader commits with the spare"
     );
+}
+
+/// Ticks `id`'s shard `ticks` times, hearing from `heard` (their frames arrive) and from no
+/// one else.
+fn tick_hearing(trio: &mut Trio, id: NodeId, heard: &[NodeId], ticks: u32) {
+    for _ in 0..ticks {
+        let _ = trio.shard(id).tick();
+        for &node in heard {
+            trio.shard(id).heard_from(node);
+        }
+    }
+}
+
+#[test]
+fn a_spare_whose_leader_no_longer_hears_the_waited_for_peer_is_waited_for_again() {
+    let (mut trio, waited, spare) = elect();
+    let quiet_ticks = Config::default().heartbeat_ticks.max(2) + 1;
+    // A one-way cut: the waited-for follower's frames no longer reach the leader; the spare
+    // still hears everyone, so only the leader's quiet report can tell it.
+    trio.cut.insert((waited, LEADER));
+    tick_hearing(&mut trio, LEADER, &[spare], quiet_ticks);
+    tick_hearing(&mut trio, spare, &[LEADER, waited], quiet_ticks);
+    let report = trio.shard(LEADER).quiet_peers();
+    assert_eq!(
+        report,
+        vec![waited],
+        "the leader reports what it no longer hears"
+    );
+    assert!(trio.shard(spare).quiet_peers().is_empty());
+    trio.shard(spare).peer_report(LEADER, &report);
+    trio.entry_batches.clear();
+    trio.shard(LEADER)
+        .propose(GROUP, Bytes::from_static(b"z"))
+        .expect("leader proposes");
+    trio.settle();
+    assert_eq!(
+        trio.entry_batches[&spare],
+        vec![false],
+        "with the leader not hearing the waited-for peer, the spare's write is waited for"
+    );
+    let index = trio.shard(LEADER).raft(GROUP).unwrap().last_index();
+    assert_eq!(
+        trio.shard(LEADER).raft(GROUP).unwrap().committed(),
+        index,
+        "the leader commits with the spare"
+    );
+    // Healed: the leader hears the follower again and its next report (empty) says so.
+    trio.cut.clear();
+    tick_hearing(&mut trio, LEADER, &[spare, waited], 1);
+    let report = trio.shard(LEADER).quiet_peers();
+    assert!(report.is_empty(), "{report:?}");
+    trio.shard(spare).peer_report(LEADER, &report);
+    trio.settle();
+    trio.entry_batches.clear();
+    trio.shard(LEADER)
+        .propose(GROUP, Bytes::from_static(b"w"))
+        .expect("leader proposes");
+    trio.settle();
+    assert_eq!(trio.entry_batches[&spare], vec![true], "spare again");
+}
+
+#[test]
+fn a_report_from_a_node_that_does_not_lead_the_group_changes_nothing() {
+    let (mut trio, waited, spare) = elect();
+    // The waited-for follower says it does not hear the leader: not the leader's view of the
+    // waited-for follower, so the spare stays spare.
+    trio.shard(spare).peer_report(waited, &[LEADER]);
+    trio.entry_batches.clear();
+    trio.shard(LEADER)
+        .propose(GROUP, Bytes::from_static(b"v"))
+        .expect("leader proposes");
+    trio.settle();
+    assert_eq!(trio.entry_batches[&spare], vec![true]);
 }

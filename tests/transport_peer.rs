@@ -32,6 +32,8 @@ enum Command {
     /// Writes the messages on the durable-answer lane as the storage thread does; answers
     /// whether they went out there (false: no open lane, or the socket did not take them).
     Lane(NodeId, Vec<Message>, mpsc::Sender<bool>),
+    /// Sets the quiet report (`PeerTransport::report_quiet`).
+    ReportQuiet(Vec<NodeId>, mpsc::Sender<()>),
 }
 
 /// A transport running on its own executor thread. Dropping it stops the executor.
@@ -190,6 +192,25 @@ impl Node {
         self.command(|reply| Command::Lane(to, messages, reply))
     }
 
+    fn report_quiet(&self, nodes: Vec<NodeId>) {
+        self.command(|reply| Command::ReportQuiet(nodes, reply))
+    }
+
+    /// The next batch holding messages (heartbeats skipped).
+    fn receive_batch(&self) -> InboundBatch {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let batch = self
+                .inbound
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("node {}: no batch before the deadline", self.id));
+            if !batch.messages.is_empty() {
+                return batch;
+            }
+        }
+    }
+
     /// Receives batches until `count` messages arrived (heartbeats skipped).
     fn receive_messages(&self, count: usize) -> Vec<(NodeId, Message)> {
         let deadline = Instant::now() + DEADLINE;
@@ -245,6 +266,10 @@ fn serve(transport: &PeerTransport, command: Command) {
                 .collect();
             transport.lane_frames_sent(&sent);
             let _ = reply.send(!sent.is_empty());
+        }
+        Command::ReportQuiet(nodes, reply) => {
+            transport.report_quiet(nodes);
+            let _ = reply.send(());
         }
     }
 }
@@ -593,6 +618,34 @@ fn garbage_closes_only_its_own_connection() {
     assert_eq!(a.stats().connections_established, 1);
     assert_eq!(a.stats().connections_lost, 0);
     assert!(b.stats().inbound_accepted >= 3);
+}
+
+#[test]
+fn frames_carry_the_quiet_report_and_lane_frames_none() {
+    let (addr_a, addr_b, addr_c) = (free_addr(), free_addr(), free_addr());
+    let a = Node::start(config(1, CLUSTER, addr_a, &[(2, addr_b), (3, addr_c)]));
+    let b = Node::start(config(2, CLUSTER, addr_b, &[(1, addr_a)]));
+    wait_until("A opened its lane to B", || {
+        a.stats().lanes_established == 1
+    });
+    a.send(2, vec![vote(1, 2, 1)]).unwrap();
+    assert_eq!(
+        b.receive_batch().quiet_nodes,
+        Some(vec![]),
+        "an empty report"
+    );
+    // Only peers are reported, sorted and once: not this node, not strangers.
+    a.report_quiet(vec![3, 1, 7, 3]);
+    a.send(2, vec![vote(1, 2, 2)]).unwrap();
+    let batch = b.receive_batch();
+    assert_eq!(batch.messages, vec![vote(1, 2, 2)]);
+    assert_eq!(batch.quiet_nodes, Some(vec![3]));
+    // A lane frame is written by the storage thread with no view of liveness: no report.
+    assert!(a.send_on_lane(2, vec![vote(1, 2, 3)]));
+    assert_eq!(b.receive_batch().quiet_nodes, None);
+    a.report_quiet(Vec::new());
+    a.send(2, vec![vote(1, 2, 4)]).unwrap();
+    assert_eq!(b.receive_batch().quiet_nodes, Some(vec![]));
 }
 
 #[test]

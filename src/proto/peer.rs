@@ -14,6 +14,7 @@ use thiserror::Error;
 use super::frame::{frame_body, FrameError};
 use super::limits::{
     ENCODER_RETAINED_BYTES_MAX, FRAME_HEADER_BYTES, PEER_FRAME_BYTES_MAX, PEER_VERIFIER_TABLES_MAX,
+    QUIET_NODES_MAX,
 };
 use super::{has_identifier, peer_fb as fb, verifier_options};
 use crate::raft::{
@@ -42,6 +43,8 @@ const SNAPSHOT_BYTES_BOUND: usize = 192;
 const BATCH_BYTES_BOUND: usize = 128;
 const HEARTBEAT_BYTES: usize = 32;
 const HEARTBEAT_RESPONSE_BYTES: usize = 24;
+/// A quiet report's vector (offset, length, alignment, vtable slot) besides its ids.
+const QUIET_REPORT_BYTES_BOUND: usize = 24;
 
 /// Errors of encoding; all are caller bugs or over-limit input, none depends on the network.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -121,6 +124,8 @@ pub enum PeerDecodeError {
     NonCanonicalConfState { group: GroupId },
     #[error("handshake names unknown connection lane {lane}")]
     UnknownLane { lane: u8 },
+    #[error("quiet report of {count} node(s) is not canonical (sorted, unique, non-zero, not the sender, at most {max})")]
+    NonCanonicalQuietReport { count: usize, max: usize },
 }
 
 /// Why a handshake is refused; the connection is closed with this as the logged reason.
@@ -233,6 +238,19 @@ pub struct PeerBatch {
     pub to_node: NodeId,
     /// In delivery order: see [`PeerEncoder::encode_batch`].
     pub messages: Vec<Message>,
+    /// The sender's quiet report: the peers it has not heard from lately (sorted, unique).
+    /// `None`: the frame carries no report (a durable-answer lane frame, or an older sender),
+    /// which says nothing about any node.
+    pub quiet_nodes: Option<Vec<NodeId>>,
+}
+
+/// Whether `nodes` may be a quiet report of `sender`: sorted, unique, without 0 or `sender`,
+/// at most [`QUIET_NODES_MAX`].
+pub fn is_canonical_quiet_report(nodes: &[NodeId], sender: NodeId) -> bool {
+    nodes.len() <= QUIET_NODES_MAX
+        && nodes.windows(2).all(|pair| pair[0] < pair[1])
+        && !nodes.contains(&NO_NODE)
+        && !nodes.contains(&sender)
 }
 
 /// What [`PeerEncoder::encode_batch`] produced: one complete frame, and how many of the given
@@ -272,6 +290,8 @@ pub struct PeerEncoder {
     message_offsets: Vec<WIPOffset<fb::RaftMessage<'static>>>,
     heartbeats: Vec<fb::GroupHeartbeat>,
     heartbeat_responses: Vec<fb::GroupHeartbeatResponse>,
+    /// The quiet report every frame carries (see [`PeerEncoder::set_quiet_report`]).
+    quiet_report: Option<Vec<NodeId>>,
 }
 
 impl Default for PeerEncoder {
@@ -292,6 +312,25 @@ impl PeerEncoder {
             message_offsets: Vec::new(),
             heartbeats: Vec::new(),
             heartbeat_responses: Vec::new(),
+            quiet_report: None,
+        }
+    }
+
+    /// Sets the quiet report the following frames carry (`None`: none, the default). The
+    /// caller keeps it canonical for its node ([`is_canonical_quiet_report`]); the encoder
+    /// checks only the bound, which keeps its frame size bounds true.
+    pub fn set_quiet_report(&mut self, report: Option<&[NodeId]>) {
+        assert!(
+            report.map_or(true, |nodes| nodes.len() <= QUIET_NODES_MAX),
+            "a quiet report names at most {QUIET_NODES_MAX} nodes"
+        );
+        match (report, &mut self.quiet_report) {
+            (Some(nodes), Some(kept)) => {
+                kept.clear();
+                kept.extend_from_slice(nodes);
+            }
+            (Some(nodes), kept) => *kept = Some(nodes.to_vec()),
+            (None, kept) => *kept = None,
         }
     }
 
@@ -337,6 +376,10 @@ impl PeerEncoder {
         let messages_vector = builder.create_vector(&self.message_offsets);
         let heartbeats_vector = builder.create_vector(&self.heartbeats);
         let responses_vector = builder.create_vector(&self.heartbeat_responses);
+        let quiet_vector = self
+            .quiet_report
+            .as_deref()
+            .map(|nodes| builder.create_vector(nodes));
         let root = fb::PeerBatch::create(
             builder,
             &fb::PeerBatchArgs {
@@ -345,6 +388,7 @@ impl PeerEncoder {
                 messages: Some(messages_vector),
                 heartbeats: Some(heartbeats_vector),
                 heartbeat_responses: Some(responses_vector),
+                quiet_nodes: quiet_vector,
             },
         );
         fb::finish_size_prefixed_peer_batch_buffer(builder, root);
@@ -389,7 +433,10 @@ impl PeerEncoder {
         to_node: NodeId,
         messages: &[Message],
     ) -> Result<usize, PeerEncodeError> {
-        let mut bytes = BATCH_BYTES_BOUND;
+        let quiet = self.quiet_report.as_ref().map_or(0, |nodes| {
+            QUIET_REPORT_BYTES_BOUND + nodes.len() * std::mem::size_of::<NodeId>()
+        });
+        let mut bytes = BATCH_BYTES_BOUND + quiet;
         for (position, message) in messages.iter().enumerate() {
             check_message_for_encoding(message, from_node, to_node)?;
             let message_bytes = match message.body {
@@ -404,7 +451,7 @@ impl PeerEncoder {
                 if position == 0 {
                     return Err(PeerEncodeError::MessageTooLarge {
                         group: message.group,
-                        bytes: BATCH_BYTES_BOUND + message_bytes,
+                        bytes: BATCH_BYTES_BOUND + quiet + message_bytes,
                         max: self.frame_bytes_max,
                     });
                 }
@@ -719,6 +766,24 @@ pub fn decode_batch(frame: &[u8]) -> Result<PeerBatch, PeerDecodeError> {
     let raft_messages = batch.messages().unwrap_or_default();
     let heartbeats = batch.heartbeats().unwrap_or_default();
     let responses = batch.heartbeat_responses().unwrap_or_default();
+    let quiet_nodes = match batch.quiet_nodes() {
+        None => None,
+        Some(report) => {
+            // The length first: a hostile report's ids are not copied.
+            let nodes: Vec<NodeId> = if report.len() <= QUIET_NODES_MAX {
+                report.iter().collect()
+            } else {
+                Vec::new()
+            };
+            if report.len() > QUIET_NODES_MAX || !is_canonical_quiet_report(&nodes, from_node) {
+                return Err(PeerDecodeError::NonCanonicalQuietReport {
+                    count: report.len(),
+                    max: QUIET_NODES_MAX,
+                });
+            }
+            Some(nodes)
+        }
+    };
     let mut messages = Vec::with_capacity(raft_messages.len() + heartbeats.len() + responses.len());
     for raft_message in raft_messages {
         messages.push(decode_message(raft_message, from_node, to_node)?);
@@ -750,6 +815,7 @@ pub fn decode_batch(frame: &[u8]) -> Result<PeerBatch, PeerDecodeError> {
         from_node,
         to_node,
         messages,
+        quiet_nodes,
     })
 }
 
@@ -986,6 +1052,41 @@ mod tests {
             decode_handshake(builder.finished_data()),
             Err(PeerDecodeError::UnknownLane { lane: 9 })
         );
+    }
+
+    /// A batch from 1 to 2 with no messages and `quiet` as its quiet report.
+    fn reporting(quiet: &[NodeId]) -> Vec<u8> {
+        let mut builder = FlatBufferBuilder::new();
+        let quiet_nodes = Some(builder.create_vector(quiet));
+        let args = fb::PeerBatchArgs {
+            from_node: 1,
+            to_node: 2,
+            quiet_nodes,
+            ..Default::default()
+        };
+        let root = fb::PeerBatch::create(&mut builder, &args);
+        fb::finish_size_prefixed_peer_batch_buffer(&mut builder, root);
+        builder.finished_data().to_vec()
+    }
+
+    #[test]
+    fn quiet_reports_that_are_not_canonical_are_refused() {
+        let too_many: Vec<NodeId> = (3..3 + QUIET_NODES_MAX as u64 + 1).collect();
+        for quiet in [&[4, 3][..], &[3, 3], &[0, 3], &[1], &too_many] {
+            assert_eq!(
+                decode_batch(&reporting(quiet)),
+                Err(PeerDecodeError::NonCanonicalQuietReport {
+                    count: quiet.len(),
+                    max: QUIET_NODES_MAX
+                }),
+                "{quiet:?}"
+            );
+        }
+        let most: Vec<NodeId> = (3..3 + QUIET_NODES_MAX as u64).collect();
+        for quiet in [&[][..], &[2], &[2, 3], &most] {
+            let batch = decode_batch(&reporting(quiet)).unwrap();
+            assert_eq!(batch.quiet_nodes.as_deref(), Some(quiet));
+        }
     }
 
     /// A batch from 1 to 2 holding one message built by `body`.

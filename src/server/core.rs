@@ -251,6 +251,9 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, settings: L
             next_tick = now + tick;
             crate::metrics::core(state.core).publish_peer(&state.transport.stats());
             let heartbeat_to = state.shard.borrow_mut().tick();
+            state
+                .transport
+                .report_quiet(state.shard.borrow().quiet_peers());
             for peer in heartbeat_to {
                 let _ = state.transport.send(peer, Vec::new());
             }

@@ -256,7 +256,12 @@ async fn run_core(
                 if !batch.messages.is_empty() {
                     state.received_messages();
                 }
-                let rejected = state.shard.borrow_mut().receive(from, batch.messages);
+                let mut shard = state.shard.borrow_mut();
+                if let Some(quiet) = &batch.quiet_nodes {
+                    shard.peer_report(from, quiet);
+                }
+                let rejected = shard.receive(from, batch.messages);
+                drop(shard);
                 if let Some((group, error)) = rejected.first() {
                     // Bad peer input is refused message by message; say so once per frame.
                     eprintln!(

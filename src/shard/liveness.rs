@@ -1,7 +1,9 @@
 //! Node-level liveness: which peer nodes were heard from recently. One tracker per shard; any
 //! traffic from a node (a raft message or a bare node heartbeat) counts. Hibernating follower
 //! groups rely on it instead of per-group heartbeats: they sleep while their leader's node is
-//! live and wake when it goes silent.
+//! live and wake when it goes silent. It also keeps each peer's own report of the nodes *it*
+//! has not heard from lately (its quiet report, carried by its frames), so a follower can tell
+//! when its leader no longer hears another follower although this node still does.
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,9 @@ pub struct NodeLiveness {
     /// Ticks since each peer was last heard from. Invariant: only peers, never this node.
     silent_ticks: BTreeMap<NodeId, u32>,
     timeout_ticks: u32,
+    /// Per peer, the nodes its latest quiet report named. Invariant: keys are peers (as
+    /// `silent_ticks`'); a peer that sent no report, or an empty one, has no entry.
+    reported_quiet: BTreeMap<NodeId, Vec<NodeId>>,
 }
 
 impl NodeLiveness {
@@ -20,7 +25,38 @@ impl NodeLiveness {
         NodeLiveness {
             silent_ticks: peers.into_iter().map(|id| (id, 0)).collect(),
             timeout_ticks,
+            reported_quiet: BTreeMap::new(),
         }
+    }
+
+    /// Keeps `reporter`'s latest quiet report (it replaces the previous one). Reports of
+    /// nodes that are not peers are ignored.
+    pub fn report(&mut self, reporter: NodeId, quiet: &[NodeId]) {
+        if !self.silent_ticks.contains_key(&reporter) {
+            return;
+        }
+        if quiet.is_empty() {
+            self.reported_quiet.remove(&reporter);
+        } else {
+            let kept = self.reported_quiet.entry(reporter).or_default();
+            kept.clear();
+            kept.extend_from_slice(quiet);
+        }
+    }
+
+    /// Whether `reporter`'s latest quiet report named `node`.
+    pub fn reports_quiet(&self, reporter: NodeId, node: NodeId) -> bool {
+        self.reported_quiet
+            .get(&reporter)
+            .is_some_and(|quiet| quiet.contains(&node))
+    }
+
+    /// The peers not heard from within the last `ticks` ticks (this node's quiet report).
+    pub fn quiet_within(&self, ticks: u32) -> impl Iterator<Item = NodeId> + '_ {
+        self.silent_ticks
+            .iter()
+            .filter(move |&(_, &silent)| silent >= ticks)
+            .map(|(&node, _)| node)
     }
 
     pub fn heard_from(&mut self, node: NodeId) {

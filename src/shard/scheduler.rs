@@ -116,8 +116,11 @@ struct Slot {
 /// Whether `raft` is a spare follower now: the commit does not wait for it
 /// ([`crate::raft::ConfState::commit_waits_for`]) and every follower it does wait for was
 /// heard from within `within` ticks (a node sends at least a heartbeat each
-/// `node_heartbeat_ticks`). When one of those goes quiet (down, cut off, stalled), the commit
-/// needs this replica's acknowledgement, and its writes are waited for again at once.
+/// `node_heartbeat_ticks`), here and, by the leader's latest quiet report, at the leader.
+/// When one of those goes quiet (down, stalled, or cut off from either), the commit needs this
+/// replica's acknowledgement, and its writes are waited for again at once. The leader's report
+/// covers the cut this node cannot see: the leader no longer hears the follower while this
+/// node still does.
 fn is_spare(liveness: &NodeLiveness, within: u32, group: GroupId, raft: &Raft) -> bool {
     let (me, leader) = (raft.id(), raft.leader());
     if raft.is_leader() {
@@ -130,7 +133,9 @@ fn is_spare(liveness: &NodeLiveness, within: u32, group: GroupId, raft: &Raft) -
             .iter()
             .filter(|&&voter| voter != leader && voter != me)
             .filter(|&&voter| conf.commit_waits_for(group, leader, voter))
-            .all(|&voter| liveness.heard_within(voter, within))
+            .all(|&voter| {
+                liveness.heard_within(voter, within) && !liveness.reports_quiet(leader, voter)
+            })
 }
 
 /// Held entries a blocked group shows the state machine at once, so one read covers them.
@@ -448,6 +453,27 @@ impl<S: StateMachine> Shard<S> {
         self.liveness.heard_from(node);
     }
 
+    /// Keeps `reporter`'s quiet report: the nodes it has not heard from lately (a frame's
+    /// `quiet_nodes`). It decides, with this node's own view, which followers are spare.
+    pub fn peer_report(&mut self, reporter: NodeId, quiet: &[NodeId]) {
+        self.liveness.report(reporter, quiet);
+    }
+
+    /// This node's quiet report for its peers: the peers not heard from within the window
+    /// that makes a follower not spare (`node_heartbeat_ticks + 1`, see [`is_spare`]).
+    pub fn quiet_peers(&self) -> Vec<NodeId> {
+        self.liveness
+            .quiet_within(self.spare_window_ticks())
+            .collect()
+    }
+
+    /// Ticks within which a follower the commit waits for must have been heard from for
+    /// another follower to be spare: a node sends at least a heartbeat each
+    /// `node_heartbeat_ticks`, so one more tick than that.
+    fn spare_window_ticks(&self) -> u32 {
+        self.config.node_heartbeat_ticks + 1
+    }
+
     /// Feeds messages that arrived from `from` (one frame).
     pub fn receive(&mut self, from: NodeId, messages: Vec<Message>) -> Vec<(GroupId, ShardError)> {
         self.liveness.heard_from(from);
@@ -564,6 +590,7 @@ impl<S: StateMachine> Shard<S> {
             batch.write.push(write);
         }
         let dirty = std::mem::take(&mut self.dirty);
+        let spare_window = self.spare_window_ticks();
         for group in dirty {
             let Some(slot) = self.groups.get_mut(&group) else {
                 continue;
@@ -601,12 +628,7 @@ impl<S: StateMachine> Shard<S> {
                 // A spare follower's new entries wait for nobody (see `ShardBatch::prompt`);
                 // a new term or vote, a snapshot, or anything of a replica the commit waits
                 // for does.
-                let spare = is_spare(
-                    &self.liveness,
-                    self.config.node_heartbeat_ticks + 1,
-                    group,
-                    &slot.raft,
-                );
+                let spare = is_spare(&self.liveness, spare_window, group, &slot.raft);
                 let waits_for_it = ready.must_sync || !ready.persisted_messages.is_empty();
                 if waits_for_it && !(spare && !ready.vote_changed && ready.snapshot.is_none()) {
                     batch.prompt = true;

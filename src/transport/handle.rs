@@ -18,7 +18,8 @@ use super::inbound::{accept_loop, InboundRegistry};
 use super::outbound::{run_lane, run_writer};
 use super::queue::PeerQueue;
 use super::stats::{add, Counters, TransportStats};
-use crate::proto::peer::PeerEncoder;
+use crate::proto::limits::QUIET_NODES_MAX;
+use crate::proto::peer::{is_canonical_quiet_report, PeerEncoder};
 use crate::raft::{Message, NodeId};
 
 /// Messages from one peer node, decoded from one frame, in the frame's order. Empty
@@ -27,6 +28,8 @@ use crate::raft::{Message, NodeId};
 pub struct InboundBatch {
     pub from_node: NodeId,
     pub messages: Vec<Message>,
+    /// The peer's quiet report, if the frame carried one (see `PeerBatch::quiet_nodes`).
+    pub quiet_nodes: Option<Vec<NodeId>>,
 }
 
 /// State every task of one transport shares. Single-threaded: `Rc`, `Cell`, `RefCell`, and no
@@ -39,6 +42,10 @@ pub(crate) struct Shared {
     pub(crate) counters: Counters,
     pub(crate) inbound_sender: LocalSender<InboundBatch>,
     pub(crate) inbound: RefCell<InboundRegistry>,
+    /// This node's quiet report, which every frame of the main connections carries
+    /// ([`PeerTransport::report_quiet`]). Invariant: canonical for `local_node`
+    /// (`is_canonical_quiet_report`).
+    pub(crate) quiet_report: RefCell<Vec<NodeId>>,
 }
 
 /// One peer's outbound side: its queue and whether its writer holds a live connection.
@@ -100,6 +107,7 @@ impl PeerTransport {
             counters: Counters::default(),
             inbound_sender,
             inbound: RefCell::new(InboundRegistry::default()),
+            quiet_report: RefCell::new(Vec::new()),
         });
         let lane_encoder =
             RefCell::new(PeerEncoder::new().with_frame_bytes_max(limits.frame_bytes_max));
@@ -139,6 +147,24 @@ impl PeerTransport {
             lane_encoder,
         };
         Ok((transport, inbound_receiver))
+    }
+
+    /// Sets the quiet report the main connections' frames carry from now on: the peers this
+    /// node has not heard from lately (a receiving follower stops treating itself as spare
+    /// where this node leads and reports a follower the commit waits for as quiet). Only this
+    /// transport's peers are kept, sorted, at most [`QUIET_NODES_MAX`] of them.
+    pub fn report_quiet(&self, nodes: impl IntoIterator<Item = NodeId>) {
+        let mut report = self.shared.quiet_report.borrow_mut();
+        report.clear();
+        report.extend(
+            nodes
+                .into_iter()
+                .filter(|node| self.shared.peers.contains_key(node)),
+        );
+        report.sort_unstable();
+        report.dedup();
+        report.truncate(QUIET_NODES_MAX);
+        debug_assert!(is_canonical_quiet_report(&report, self.shared.local_node));
     }
 
     /// Queues `messages` for `to` without waiting; its writer sends them in as few frames as

@@ -232,6 +232,7 @@ async fn receive_batches(
         let inbound = InboundBatch {
             from_node: peer,
             messages: batch.messages,
+            quiet_nodes: batch.quiet_nodes,
         };
         // Waits while the core loop is behind: the socket stops being read and TCP pushes
         // back on the sender, instead of anything here growing.

@@ -210,6 +210,7 @@ async fn write_drained<W: AsyncWrite + Unpin>(
 ) -> Result<(), ConnectionError> {
     let (local, peer) = (shared.local_node, link.node);
     let counters = &shared.counters;
+    encoder.set_quiet_report(Some(&shared.quiet_report.borrow()));
     if drained.heartbeat {
         let encoded = encoder
             .encode_batch(local, peer, &[])

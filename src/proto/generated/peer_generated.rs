@@ -2910,6 +2910,7 @@ impl<'a> PeerBatch<'a> {
   pub const VT_MESSAGES: ::flatbuffers::VOffsetT = 8;
   pub const VT_HEARTBEATS: ::flatbuffers::VOffsetT = 10;
   pub const VT_HEARTBEAT_RESPONSES: ::flatbuffers::VOffsetT = 12;
+  pub const VT_QUIET_NODES: ::flatbuffers::VOffsetT = 14;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2923,6 +2924,7 @@ impl<'a> PeerBatch<'a> {
     let mut builder = PeerBatchBuilder::new(_fbb);
     builder.add_to_node(args.to_node);
     builder.add_from_node(args.from_node);
+    if let Some(x) = args.quiet_nodes { builder.add_quiet_nodes(x); }
     if let Some(x) = args.heartbeat_responses { builder.add_heartbeat_responses(x); }
     if let Some(x) = args.heartbeats { builder.add_heartbeats(x); }
     if let Some(x) = args.messages { builder.add_messages(x); }
@@ -2965,6 +2967,19 @@ impl<'a> PeerBatch<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, GroupHeartbeatResponse>>>(PeerBatch::VT_HEARTBEAT_RESPONSES, None)}
   }
+  /// The sender's report of the peer nodes it has not heard from lately (within its spare
+  /// window: src/shard/liveness.rs), sorted, without duplicates, without 0 or the sender, at
+  /// most QUIET_NODES_MAX (src/proto/limits.rs) of them. A follower is spare for
+  /// a group only while the group's leader reports every follower the commit waits for as
+  /// heard (src/shard/scheduler.rs `is_spare`). Absent (not the same as empty): no report, as
+  /// on a durable-answer lane frame or from a sender that predates the field.
+  #[inline]
+  pub fn quiet_nodes(&self) -> Option<::flatbuffers::Vector<'a, u64>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, u64>>>(PeerBatch::VT_QUIET_NODES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for PeerBatch<'_> {
@@ -2978,6 +2993,7 @@ impl ::flatbuffers::Verifiable for PeerBatch<'_> {
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<RaftMessage>>>>("messages", Self::VT_MESSAGES, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, GroupHeartbeat>>>("heartbeats", Self::VT_HEARTBEATS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, GroupHeartbeatResponse>>>("heartbeat_responses", Self::VT_HEARTBEAT_RESPONSES, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, u64>>>("quiet_nodes", Self::VT_QUIET_NODES, false)?
      .finish();
     Ok(())
   }
@@ -2988,6 +3004,7 @@ pub struct PeerBatchArgs<'a> {
     pub messages: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<RaftMessage<'a>>>>>,
     pub heartbeats: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, GroupHeartbeat>>>,
     pub heartbeat_responses: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, GroupHeartbeatResponse>>>,
+    pub quiet_nodes: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, u64>>>,
 }
 impl<'a> Default for PeerBatchArgs<'a> {
   #[inline]
@@ -2998,6 +3015,7 @@ impl<'a> Default for PeerBatchArgs<'a> {
       messages: None,
       heartbeats: None,
       heartbeat_responses: None,
+      quiet_nodes: None,
     }
   }
 }
@@ -3028,6 +3046,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PeerBatchBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PeerBatch::VT_HEARTBEAT_RESPONSES, heartbeat_responses);
   }
   #[inline]
+  pub fn add_quiet_nodes(&mut self, quiet_nodes: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , u64>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PeerBatch::VT_QUIET_NODES, quiet_nodes);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PeerBatchBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     PeerBatchBuilder {
@@ -3050,6 +3072,7 @@ impl ::core::fmt::Debug for PeerBatch<'_> {
       ds.field("messages", &self.messages());
       ds.field("heartbeats", &self.heartbeats());
       ds.field("heartbeat_responses", &self.heartbeat_responses());
+      ds.field("quiet_nodes", &self.quiet_nodes());
       ds.finish()
   }
 }
