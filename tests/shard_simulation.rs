@@ -90,6 +90,9 @@ struct Frame {
     from: NodeId,
     to: NodeId,
     messages: Vec<Message>,
+    /// The sender's quiet report when it sent the frame (a node's frames carry it: the spare
+    /// follower rule reads the leader's).
+    quiet: Vec<NodeId>,
 }
 
 struct Sim {
@@ -283,11 +286,13 @@ impl Sim {
             return;
         }
         let at = self.now + 1 + self.dice.below(3);
+        let quiet = self.nodes[&from].shard.quiet_peers();
         self.network.push(Frame {
             at,
             from,
             to,
             messages,
+            quiet,
         });
     }
 
@@ -330,6 +335,7 @@ impl Sim {
                 self.network.push(Frame { at, ..frame });
                 continue;
             }
+            node.shard.peer_report(frame.from, &frame.quiet);
             node.shard.receive(frame.from, frame.messages);
         }
         for &id in &ids {
