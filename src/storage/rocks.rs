@@ -130,7 +130,7 @@ fn options() -> Options {
 /// (~1 s of CPU for 64 MiB of log entries) took the CPU from the reactors and pool threads,
 /// and the requests queued behind it: with three nodes on one machine their memtables fill,
 /// and flush, at the same moment. Measured on the 2-core VM, open loop for 30 s (each node
-/// flushing three times; README "On 2026-12-06"): the per-second p99 spikes exactly at the
+/// flushing three times; perf/HISTORY.md "On 2026-12-06"): the per-second p99 spikes exactly at the
 /// flushes, and the run's p99 fell in five pairs of six (at 12,000/s 517, 490, 503, 1,068 ms
 /// against 187, 177, 124, 207 (776 in a second try); at 10,000/s 422 and 525 against 200 and
 /// 819). At 256 clients throughput did not change. A flush still gets the idle CPU and, should
