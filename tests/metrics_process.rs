@@ -3,12 +3,13 @@
 //! what was done. A single-node store (quorum of one) on ports 22100 (client), 22101 (metrics)
 //! and 23100 (peer).
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
+mod support;
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kahuna::client::{BlockingClient, ClientConfig};
+use support::metrics::{sample, scrape};
 
 struct Node(Child);
 
@@ -17,22 +18,6 @@ impl Drop for Node {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn scrape(addr: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(addr).ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-/// The value of the sample line `name` (exact series text before the value).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
 
 /// Starts a single-node store (quorum of one) with 4 partitions in `dir`, plus `extra` flags.

@@ -6,8 +6,8 @@ use bytes::Bytes;
 use kahuna::proto::frame::{FrameDecoder, FrameError};
 use kahuna::proto::limits::{PEER_FRAME_BYTES_MAX, QUIET_NODES_MAX};
 use kahuna::proto::peer::{
-    decode_batch, decode_handshake, message_bytes_bound, Handshake, HandshakeError, Lane,
-    PeerDecodeError, PeerEncodeError, PeerEncoder, PEER_PROTOCOL_VERSION,
+    decode_batch, decode_handshake, empty_batch_bytes_bound, message_bytes_bound, Handshake,
+    HandshakeError, Lane, PeerDecodeError, PeerEncodeError, PeerEncoder, PEER_PROTOCOL_VERSION,
 };
 use kahuna::raft::{ConfState, Entry, EntryKind, Message, MessageBody, SnapshotMeta};
 use proptest::prelude::*;
@@ -315,28 +315,53 @@ fn quiet_reports_round_trip_and_no_report_stays_none() {
     assert_eq!(batch.quiet_nodes, None);
 }
 
-/// The frame size bounds hold with the largest quiet report: a frame full of the smallest
-/// messages stays under the limit (the encoder asserts it).
+/// The frame size bounds count the quiet report: an append that exactly fills a frame's bound
+/// without a report is refused with one, before anything is built.
 #[test]
-fn the_largest_quiet_report_fits_in_the_frame_bounds() {
-    let message = |group| Message {
-        group,
+fn a_quiet_report_counts_against_the_frame_limit() {
+    let frame_bytes_max = 64 << 10;
+    let append = |data: usize| Message {
+        group: 9,
         from: FROM,
         to: TO,
-        term: 1,
-        body: MessageBody::TimeoutNow,
+        term: 2,
+        body: MessageBody::Append {
+            prev_index: 0,
+            prev_term: 0,
+            commit: 0,
+            entries: vec![Entry {
+                index: 1,
+                term: 2,
+                kind: EntryKind::Normal,
+                data: Bytes::from(vec![7_u8; data]),
+            }],
+        },
     };
-    let messages: Vec<Message> = (0..4096).map(message).collect();
+    let fixed = empty_batch_bytes_bound(0) + message_bytes_bound(&append(0));
+    let exact = append(frame_bytes_max - fixed);
+    let mut encoder = PeerEncoder::new().with_frame_bytes_max(frame_bytes_max);
+    let encoded = encoder
+        .encode_batch(FROM, TO, std::slice::from_ref(&exact))
+        .unwrap();
+    assert_eq!(encoded.messages_encoded, 1);
+    encoder.set_quiet_report(Some(&[3]));
+    assert!(matches!(
+        encoder.encode_batch(FROM, TO, std::slice::from_ref(&exact)),
+        Err(PeerEncodeError::MessageTooLarge { group: 9, .. })
+    ));
+    // The largest report still leaves room for a smaller append, and it all decodes.
     let report: Vec<u64> = (3..3 + QUIET_NODES_MAX as u64).collect();
-    let mut encoder = PeerEncoder::new().with_frame_bytes_max(64 << 10);
     encoder.set_quiet_report(Some(&report));
-    let mut rest = &messages[..];
-    while !rest.is_empty() {
-        let encoded = encoder.encode_batch(FROM, TO, rest).unwrap();
-        let batch = decode_batch(encoded.frame).unwrap();
-        assert_eq!(batch.quiet_nodes.as_deref(), Some(&report[..]));
-        rest = &rest[encoded.messages_encoded..];
-    }
+    let smaller = append(frame_bytes_max - fixed - empty_batch_bytes_bound(QUIET_NODES_MAX));
+    let batch = decode_batch(
+        encoder
+            .encode_batch(FROM, TO, std::slice::from_ref(&smaller))
+            .unwrap()
+            .frame,
+    )
+    .unwrap();
+    assert_eq!(batch.messages, vec![smaller]);
+    assert_eq!(batch.quiet_nodes.as_deref(), Some(&report[..]));
 }
 
 #[test]

@@ -81,6 +81,11 @@ impl StateMachine for Nothing {
 
 const GROUP: GroupId = 2;
 const LEADER: NodeId = 1;
+/// The trio's heartbeat period in ticks (its nodes' heartbeat period too).
+const HEARTBEAT_TICKS: u32 = 2;
+/// Ticks without a node's frames after which it counts as quiet (one more than a heartbeat
+/// period: see `is_spare`).
+const QUIET_TICKS: u32 = HEARTBEAT_TICKS + 1;
 
 /// Three shards of one group each, wired by hand. Storage is synchronous: a batch is durable
 /// as soon as it is collected, except where a test looks at it first.
@@ -101,7 +106,7 @@ impl Trio {
             let peers = (1..=3).filter(|&p| p != id).collect();
             let raft = Config {
                 election_ticks: 10,
-                heartbeat_ticks: 2,
+                heartbeat_ticks: HEARTBEAT_TICKS,
                 ..Config::default()
             };
             let mut shard = Shard::new(ShardConfig::new(id, peers, raft), Nothing);
@@ -221,8 +226,7 @@ fn a_spare_whose_waited_for_peer_is_quiet_is_waited_for_again() {
     let (mut trio, waited, spare) = elect();
     // The spare hears from the leader (its frames) but not from the waited-for follower for
     // longer than a node-heartbeat period.
-    let quiet_ticks = Config::default().heartbeat_ticks.max(2) + 1;
-    for _ in 0..quiet_ticks {
+    for _ in 0..QUIET_TICKS {
         let _ = trio.shard(spare).tick();
         trio.shard(spare).heard_from(LEADER);
     }
@@ -260,12 +264,11 @@ fn tick_hearing(trio: &mut Trio, id: NodeId, heard: &[NodeId], ticks: u32) {
 #[test]
 fn a_spare_whose_leader_no_longer_hears_the_waited_for_peer_is_waited_for_again() {
     let (mut trio, waited, spare) = elect();
-    let quiet_ticks = Config::default().heartbeat_ticks.max(2) + 1;
     // A one-way cut: the waited-for follower's frames no longer reach the leader; the spare
     // still hears everyone, so only the leader's quiet report can tell it.
     trio.cut.insert((waited, LEADER));
-    tick_hearing(&mut trio, LEADER, &[spare], quiet_ticks);
-    tick_hearing(&mut trio, spare, &[LEADER, waited], quiet_ticks);
+    tick_hearing(&mut trio, LEADER, &[spare], QUIET_TICKS);
+    tick_hearing(&mut trio, spare, &[LEADER, waited], QUIET_TICKS);
     let report = trio.shard(LEADER).quiet_peers();
     assert_eq!(
         report,
@@ -306,14 +309,47 @@ fn a_spare_whose_leader_no_longer_hears_the_waited_for_peer_is_waited_for_again(
 }
 
 #[test]
-fn a_report_from_a_node_that_does_not_lead_the_group_changes_nothing() {
+fn a_spare_whose_waited_for_peer_no_longer_hears_the_leader_is_waited_for_again() {
     let (mut trio, waited, spare) = elect();
-    // The waited-for follower says it does not hear the leader: not the leader's view of the
-    // waited-for follower, so the spare stays spare.
-    trio.shard(spare).peer_report(waited, &[LEADER]);
+    // The other one-way cut: the leader's appends no longer reach the waited-for follower,
+    // which still reaches everyone (the leader hears it). Only its own report can tell.
+    trio.cut.insert((LEADER, waited));
+    tick_hearing(&mut trio, waited, &[spare], QUIET_TICKS);
+    tick_hearing(&mut trio, spare, &[LEADER, waited], QUIET_TICKS);
+    tick_hearing(&mut trio, LEADER, &[spare, waited], QUIET_TICKS);
+    assert!(trio.shard(LEADER).quiet_peers().is_empty());
+    let report = trio.shard(waited).quiet_peers();
+    assert_eq!(report, vec![LEADER]);
+    trio.shard(spare).peer_report(waited, &report);
     trio.entry_batches.clear();
     trio.shard(LEADER)
         .propose(GROUP, Bytes::from_static(b"v"))
+        .expect("leader proposes");
+    trio.settle();
+    assert_eq!(
+        trio.entry_batches[&spare],
+        vec![false],
+        "with the waited-for peer not hearing the leader, the spare's write is waited for"
+    );
+    let index = trio.shard(LEADER).raft(GROUP).unwrap().last_index();
+    assert_eq!(
+        trio.shard(LEADER).raft(GROUP).unwrap().committed(),
+        index,
+        "the leader commits with the spare"
+    );
+}
+
+#[test]
+fn reports_naming_neither_the_leader_nor_the_waited_for_peer_change_nothing() {
+    let (mut trio, waited, spare) = elect();
+    // Both say they do not hear the spare: no commit waits for the spare.
+    trio.shard(spare).peer_report(LEADER, &[spare]);
+    trio.shard(spare).peer_report(waited, &[spare]);
+    // The waited-for follower's view of the spare is not the leader's view of it, nor the
+    // other way round.
+    trio.entry_batches.clear();
+    trio.shard(LEADER)
+        .propose(GROUP, Bytes::from_static(b"u"))
         .expect("leader proposes");
     trio.settle();
     assert_eq!(trio.entry_batches[&spare], vec![true]);

@@ -197,6 +197,14 @@ pub fn render<'a>(cores: impl Iterator<Item = (usize, &'a CoreMetrics)> + Clone)
     );
     per_core(
         &mut out,
+        "kahuna_spare_batches_held_total",
+        "counter",
+        "Batches of a spare follower's log entries that waited to be written with a later batch.",
+        cores.clone(),
+        |metrics| metrics.spare_batches_held.load(Ordering::Relaxed),
+    );
+    per_core(
+        &mut out,
         "kahuna_kv_groups_loaded",
         "gauge",
         "Groups whose kv state (revision cache, session table) the core holds in memory.",

@@ -117,6 +117,9 @@ pub struct CoreMetrics {
     /// Groups whose kv state (revision cache, session table) the core holds in memory, as
     /// the core last published it (every second).
     pub kv_groups_loaded: AtomicU64,
+    /// Batches holding new log entries that nothing waited for (a spare follower's, see
+    /// `ShardBatch::prompt`) and that waited to be written with a later batch.
+    pub spare_batches_held: AtomicU64,
 }
 
 /// One exposed transport counter: its name, its help, and the field of [`TransportStats`] it

@@ -12,9 +12,10 @@ pub const FRAME_HEADER_BYTES: usize = 4;
 /// spare; the encoder splits a larger batch over several frames.
 pub const PEER_FRAME_BYTES_MAX: usize = 16 << 20;
 
-/// Most nodes a peer frame's quiet report may name (`PeerBatch::quiet_nodes`): a report is one
-/// node's view of its peers, and a cluster has far fewer nodes than this.
-pub const QUIET_NODES_MAX: usize = 64;
+/// Most nodes a peer frame's quiet report may name (`PeerBatch::quiet_nodes`), and so the most
+/// peers a node may have (a report may name every one): 2 KiB of ids, which with the batch's
+/// own bound fits the smallest frame limit a transport takes (4 KiB).
+pub const QUIET_NODES_MAX: usize = 256;
 
 /// Largest body of a client frame, request or response.
 pub const CLIENT_FRAME_BYTES_MAX: usize = 4 << 20;

@@ -43,7 +43,9 @@ const SNAPSHOT_BYTES_BOUND: usize = 192;
 const BATCH_BYTES_BOUND: usize = 128;
 const HEARTBEAT_BYTES: usize = 32;
 const HEARTBEAT_RESPONSE_BYTES: usize = 24;
-/// A quiet report's vector (offset, length, alignment, vtable slot) besides its ids.
+/// A quiet report's vector besides its ids: the field's offset (4) and vtable slot (2), the
+/// vector's length (4), and up to 7 bytes of alignment padding before 8-byte ids (17; 24 for
+/// margin).
 const QUIET_REPORT_BYTES_BOUND: usize = 24;
 
 /// Errors of encoding; all are caller bugs or over-limit input, none depends on the network.
@@ -244,13 +246,19 @@ pub struct PeerBatch {
     pub quiet_nodes: Option<Vec<NodeId>>,
 }
 
+/// An upper bound of the bytes of a batch with no messages and a quiet report of
+/// `quiet_nodes` nodes: the least a frame limit must allow.
+pub const fn empty_batch_bytes_bound(quiet_nodes: usize) -> usize {
+    BATCH_BYTES_BOUND + QUIET_REPORT_BYTES_BOUND + quiet_nodes * std::mem::size_of::<NodeId>()
+}
+
 /// Whether `nodes` may be a quiet report of `sender`: sorted, unique, without 0 or `sender`,
 /// at most [`QUIET_NODES_MAX`].
 pub fn is_canonical_quiet_report(nodes: &[NodeId], sender: NodeId) -> bool {
     nodes.len() <= QUIET_NODES_MAX
         && nodes.windows(2).all(|pair| pair[0] < pair[1])
-        && !nodes.contains(&NO_NODE)
-        && !nodes.contains(&sender)
+        && nodes.first() != Some(&NO_NODE)
+        && nodes.binary_search(&sender).is_err()
 }
 
 /// What [`PeerEncoder::encode_batch`] produced: one complete frame, and how many of the given
@@ -318,11 +326,14 @@ impl PeerEncoder {
 
     /// Sets the quiet report the following frames carry (`None`: none, the default). The
     /// caller keeps it canonical for its node ([`is_canonical_quiet_report`]); the encoder
-    /// checks only the bound, which keeps its frame size bounds true.
+    /// checks only the bound, which keeps its frame size bounds true: an empty batch with the
+    /// largest report fits in the smallest frame limit.
     pub fn set_quiet_report(&mut self, report: Option<&[NodeId]>) {
+        let nodes = report.map_or(0, <[NodeId]>::len);
         assert!(
-            report.map_or(true, |nodes| nodes.len() <= QUIET_NODES_MAX),
-            "a quiet report names at most {QUIET_NODES_MAX} nodes"
+            nodes <= QUIET_NODES_MAX && empty_batch_bytes_bound(nodes) <= self.frame_bytes_max,
+            "a quiet report of {nodes} nodes in frames of at most {} bytes",
+            self.frame_bytes_max
         );
         match (report, &mut self.quiet_report) {
             (Some(nodes), Some(kept)) => {
@@ -346,6 +357,11 @@ impl PeerEncoder {
         assert!(
             frame_bytes_max <= PEER_FRAME_BYTES_MAX,
             "frame_bytes_max {frame_bytes_max} over the protocol limit"
+        );
+        let quiet = self.quiet_report.as_ref().map_or(0, Vec::len);
+        assert!(
+            empty_batch_bytes_bound(quiet) <= frame_bytes_max,
+            "frame_bytes_max {frame_bytes_max} below a batch with the quiet report"
         );
         self.frame_bytes_max = frame_bytes_max;
         self
@@ -433,10 +449,8 @@ impl PeerEncoder {
         to_node: NodeId,
         messages: &[Message],
     ) -> Result<usize, PeerEncodeError> {
-        let quiet = self.quiet_report.as_ref().map_or(0, |nodes| {
-            QUIET_REPORT_BYTES_BOUND + nodes.len() * std::mem::size_of::<NodeId>()
-        });
-        let mut bytes = BATCH_BYTES_BOUND + quiet;
+        let base = empty_batch_bytes_bound(self.quiet_report.as_ref().map_or(0, Vec::len));
+        let mut bytes = base;
         for (position, message) in messages.iter().enumerate() {
             check_message_for_encoding(message, from_node, to_node)?;
             let message_bytes = match message.body {
@@ -451,7 +465,7 @@ impl PeerEncoder {
                 if position == 0 {
                     return Err(PeerEncodeError::MessageTooLarge {
                         group: message.group,
-                        bytes: BATCH_BYTES_BOUND + quiet + message_bytes,
+                        bytes: base + message_bytes,
                         max: self.frame_bytes_max,
                     });
                 }

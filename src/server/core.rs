@@ -294,6 +294,9 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, settings: L
                 // apply that just ran in memory: the client needs nothing from this batch's
                 // write. (Reads still wait for the apply to be written.)
                 answer_writes(&state, &batch.applied, completions);
+                // Entries in a batch that is not prompt are a spare follower's.
+                let spare_entries =
+                    !batch.prompt && batch.write.groups.iter().any(|g| !g.entries.is_empty());
                 let (batch, received, hold_until) = match held.take() {
                     Some((mut earlier, earlier_received, until)) => {
                         earlier.absorb(batch);
@@ -302,6 +305,11 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, settings: L
                     None => (batch, received, Instant::now() + APPLY_HOLD),
                 };
                 if batch.may_wait() && state.reads.borrow().is_empty() {
+                    if spare_entries {
+                        crate::metrics::core(state.core)
+                            .spare_batches_held
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     held = Some((batch, received, hold_until));
                     start_fetches(&state, fetches);
                 } else {

@@ -116,11 +116,12 @@ struct Slot {
 /// Whether `raft` is a spare follower now: the commit does not wait for it
 /// ([`crate::raft::ConfState::commit_waits_for`]) and every follower it does wait for was
 /// heard from within `within` ticks (a node sends at least a heartbeat each
-/// `node_heartbeat_ticks`), here and, by the leader's latest quiet report, at the leader.
-/// When one of those goes quiet (down, stalled, or cut off from either), the commit needs this
-/// replica's acknowledgement, and its writes are waited for again at once. The leader's report
-/// covers the cut this node cannot see: the leader no longer hears the follower while this
-/// node still does.
+/// `node_heartbeat_ticks`) here, and hears and is heard by the leader (by the latest quiet
+/// reports of both). When one of those fails (the follower down, stalled, or cut off from the
+/// leader in either direction), the commit needs this replica's acknowledgement, and its
+/// writes are waited for again at once. The reports cover the one-way cuts this node cannot
+/// see: the leader no longer hears the follower, or the follower no longer hears the leader
+/// (it gets no appends), while this node still hears both.
 fn is_spare(liveness: &NodeLiveness, within: u32, group: GroupId, raft: &Raft) -> bool {
     let (me, leader) = (raft.id(), raft.leader());
     if raft.is_leader() {
@@ -134,7 +135,9 @@ fn is_spare(liveness: &NodeLiveness, within: u32, group: GroupId, raft: &Raft) -
             .filter(|&&voter| voter != leader && voter != me)
             .filter(|&&voter| conf.commit_waits_for(group, leader, voter))
             .all(|&voter| {
-                liveness.heard_within(voter, within) && !liveness.reports_quiet(leader, voter)
+                liveness.heard_within(voter, within)
+                    && !liveness.reports_quiet(leader, voter)
+                    && !liveness.reports_quiet(voter, leader)
             })
 }
 

@@ -6,11 +6,14 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use crate::proto::limits::PEER_FRAME_BYTES_MAX;
+use crate::proto::limits::{PEER_FRAME_BYTES_MAX, QUIET_NODES_MAX};
+use crate::proto::peer::empty_batch_bytes_bound;
 use crate::raft::{NodeId, NO_NODE};
 
 /// Smallest frame limit accepted: a handshake and a batch of a few small messages must fit.
 const FRAME_BYTES_MIN: usize = 4 << 10;
+// Any frame may carry a quiet report naming every peer (at most `QUIET_NODES_MAX`).
+const _: () = assert!(empty_batch_bytes_bound(QUIET_NODES_MAX) <= FRAME_BYTES_MIN);
 
 /// The transport of one core of one node.
 #[derive(Clone, Debug)]
@@ -87,6 +90,13 @@ impl TransportConfig {
                 return Err(ConfigError::InvalidPeer { peer });
             }
         }
+        // Every frame may carry a quiet report naming any peer (`report_quiet`).
+        if self.peers.len() > QUIET_NODES_MAX {
+            return Err(ConfigError::TooManyPeers {
+                peers: self.peers.len(),
+                max: QUIET_NODES_MAX,
+            });
+        }
         self.limits.validate()
     }
 }
@@ -161,6 +171,21 @@ mod tests {
         let mut bad = config();
         bad.peers.insert(1, "127.0.0.1:2".parse().unwrap());
         assert_eq!(bad.validate(), Err(ConfigError::InvalidPeer { peer: 1 }));
+        // As many peers as a quiet report can name, and one more.
+        let mut most = config();
+        for peer in 3..=QUIET_NODES_MAX as u64 + 1 {
+            most.peers.insert(peer, "127.0.0.1:3".parse().unwrap());
+        }
+        assert_eq!(most.validate(), Ok(()));
+        most.peers
+            .insert(QUIET_NODES_MAX as u64 + 2, "127.0.0.1:4".parse().unwrap());
+        assert_eq!(
+            most.validate(),
+            Err(ConfigError::TooManyPeers {
+                peers: QUIET_NODES_MAX + 1,
+                max: QUIET_NODES_MAX
+            })
+        );
         let mut bad = config();
         bad.limits.reconnect_backoff_min = Duration::from_secs(2);
         assert!(matches!(bad.validate(), Err(ConfigError::Backoff { .. })));

@@ -18,6 +18,8 @@ pub enum ConfigError {
     InvalidLocalNode,
     #[error("peer id {peer} is zero or this node's own id")]
     InvalidPeer { peer: NodeId },
+    #[error("{peers} peers, more than the {max} a quiet report can name")]
+    TooManyPeers { peers: usize, max: usize },
     #[error("frame_bytes_max {value} outside {min}..={max}")]
     FrameBytesMax {
         value: usize,

@@ -152,7 +152,8 @@ impl PeerTransport {
     /// Sets the quiet report the main connections' frames carry from now on: the peers this
     /// node has not heard from lately (a receiving follower stops treating itself as spare
     /// where this node leads and reports a follower the commit waits for as quiet). Only this
-    /// transport's peers are kept, sorted, at most [`QUIET_NODES_MAX`] of them.
+    /// transport's peers are kept, sorted (at most [`QUIET_NODES_MAX`]: the configuration has
+    /// no more peers than that).
     pub fn report_quiet(&self, nodes: impl IntoIterator<Item = NodeId>) {
         let mut report = self.shared.quiet_report.borrow_mut();
         report.clear();
@@ -163,7 +164,10 @@ impl PeerTransport {
         );
         report.sort_unstable();
         report.dedup();
-        report.truncate(QUIET_NODES_MAX);
+        assert!(
+            report.len() <= QUIET_NODES_MAX,
+            "validated: at most that many peers"
+        );
         debug_assert!(is_canonical_quiet_report(&report, self.shared.local_node));
     }
 

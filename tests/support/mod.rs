@@ -2,6 +2,7 @@
 
 pub mod cluster;
 pub mod kv_client;
+pub mod metrics;
 pub mod nemesis;
 pub mod proxied_cluster;
 pub mod proxy;

@@ -96,6 +96,11 @@ impl ProxiedCluster {
         format!("127.0.0.1:{}", self.base() + node - 1)
     }
 
+    /// Where `node` serves its metrics (`--metrics-addr`).
+    pub fn metrics_addr(&self, node: u64) -> String {
+        format!("127.0.0.1:{}", self.base() + 150 + node - 1)
+    }
+
     pub fn endpoints(&self) -> Vec<String> {
         (1..=NODES).map(|n| self.client_addr(n)).collect()
     }
@@ -140,6 +145,8 @@ impl ProxiedCluster {
             &self.options.cores.to_string(),
             "--pin",
             "none",
+            "--metrics-addr",
+            &self.metrics_addr(node),
         ]
         .iter()
         .map(|s| s.to_string())
