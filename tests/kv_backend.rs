@@ -11,7 +11,7 @@ use kahuna::kv::{
 };
 use kahuna::raft::{Entry, EntryKind, GroupId, HardState, Index};
 use kahuna::shard::StateMachine;
-use kahuna::storage::{Apply, Backend, GroupWrite, MemoryBackend, WriteBatch};
+use kahuna::storage::{Apply, Backend, GroupWrite, MemoryBackend, SnapshotInstall, WriteBatch};
 
 const G: GroupId = 12;
 
@@ -111,5 +111,47 @@ fn mutations_are_stored_and_sessions_reload_after_a_restart() {
     assert_eq!(
         apply(&mut restarted, &backend, 4, &cas(b"k", 1, 3)),
         Outcome::RevisionMismatch { current: 2 }
+    );
+}
+
+/// At-most-once across an image: a replica restored from another's image answers a retry of
+/// the last applied command with its original outcome, as the replica that applied it would.
+#[test]
+fn a_replica_restored_from_an_image_answers_a_retry_with_the_original_outcome() {
+    let source = Rc::new(RefCell::new(MemoryBackend::in_memory()));
+    let mut leader = machine(&source);
+    assert_eq!(
+        apply(&mut leader, &source, 1, &cas(b"k", 0, 1)),
+        Outcome::Applied { revision: 1 }
+    );
+    assert_eq!(
+        apply(&mut leader, &source, 2, &cas(b"k", 1, 2)),
+        Outcome::Applied { revision: 2 }
+    );
+    let (meta, chunks) = source
+        .borrow()
+        .kv_snapshot(G, 1024)
+        .unwrap()
+        .read_all()
+        .unwrap();
+    assert_eq!(meta.index, 2);
+
+    let target = Rc::new(RefCell::new(MemoryBackend::in_memory()));
+    let mut follower = machine(&target);
+    let mut install = GroupWrite::new(G);
+    install.snapshot = Some(SnapshotInstall { meta, chunks });
+    let mut batch = WriteBatch::new(true);
+    batch.push(install);
+    target.borrow_mut().write(&batch).unwrap();
+    follower.restored(G, 2);
+    follower.persisted(G, 2);
+    // The retry of sequence 2 is not applied again (it would mismatch: revision 2 now).
+    assert_eq!(
+        apply(&mut follower, &target, 3, &cas(b"k", 1, 2)),
+        Outcome::Applied { revision: 2 }
+    );
+    assert_eq!(
+        apply(&mut follower, &target, 4, &cas(b"k", 2, 3)),
+        Outcome::Applied { revision: 4 }
     );
 }

@@ -4,6 +4,7 @@
 //! records (bytes flipped through the backend's raw API).
 
 use bytes::Bytes;
+use kahuna::kv::{session_key, SESSIONS_END, SESSIONS_START, USER_KEYS_START};
 use kahuna::raft::{ConfState, Entry, EntryKind, GroupId, HardState, Index, SnapshotMeta};
 use kahuna::storage::{
     log_key, state_key, Apply, Backend, GroupWrite, KvOp, MemoryBackend, RocksDbBackend,
@@ -707,6 +708,122 @@ fn releasing_write_buffers_changes_nothing_visible(kind: Kind) {
     assert_eq!(h.backend().groups().unwrap(), vec![1, 2]);
 }
 
+fn session_put(client: u64, value: &str) -> KvOp {
+    KvOp::Put {
+        key: Bytes::copy_from_slice(&session_key(client)),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+    }
+}
+
+/// The group's session records (the reserved range the kv machine reloads its session table
+/// from), as (client, value).
+fn sessions(harness: &mut Harness, group: GroupId) -> Vec<(u64, String)> {
+    harness
+        .backend()
+        .kv_scan(group, SESSIONS_START, SESSIONS_END, 1000)
+        .unwrap()
+        .into_iter()
+        .map(|(key, value)| {
+            let client = u64::from_be_bytes(key[SESSIONS_START.len()..].try_into().unwrap());
+            (client, String::from_utf8(value.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+/// Session records live in the group's reserved key range and follow its kv data everywhere
+/// at-most-once depends on: they are written with the applies that record them, outlive log
+/// compaction and restarts, travel in images and replace the receiver's own, and go with the
+/// group. (Where an engine keeps them is its business; what a reader sees is pinned here.)
+fn keeps_session_records_with_the_kv_data(kind: Kind) {
+    let mut h = Harness::new(kind);
+    h.write(vec![
+        append(1, entries(1..=10, 1)),
+        hard(1, 1, 9),
+        GroupWrite {
+            apply: Some(Apply {
+                index: 8,
+                term: 1,
+                conf_state: Some(conf()),
+                ops: vec![
+                    put("a", "1"),
+                    session_put(7, "seven-1"),
+                    session_put(9, "nine"),
+                ],
+            }),
+            ..GroupWrite::new(1)
+        },
+    ])
+    .unwrap();
+    h.write(vec![GroupWrite {
+        compact: Some(SnapshotMeta {
+            index: 8,
+            term: 1,
+            conf_state: conf(),
+        }),
+        ..GroupWrite::new(1)
+    }])
+    .unwrap();
+    h.restart();
+    assert_eq!(h.load(1).unwrap().applied_index, 8);
+    assert_eq!(
+        sessions(&mut h, 1),
+        vec![(7, "seven-1".to_owned()), (9, "nine".to_owned())],
+        "session records survive compaction and a restart"
+    );
+    let user = h.backend().kv_scan(1, USER_KEYS_START, b"", 1000).unwrap();
+    assert_eq!(user.len(), 1, "user scans do not see session records");
+    // A later apply rewrites one and evicts the other, atomically with the applied index.
+    h.write(vec![GroupWrite {
+        apply: Some(Apply {
+            index: 9,
+            term: 1,
+            conf_state: None,
+            ops: vec![
+                session_put(7, "seven-2"),
+                KvOp::Delete {
+                    key: Bytes::copy_from_slice(&session_key(9)),
+                },
+            ],
+        }),
+        ..GroupWrite::new(1)
+    }])
+    .unwrap();
+    assert_eq!(sessions(&mut h, 1), vec![(7, "seven-2".to_owned())]);
+    // An image carries them, as of its index.
+    let reader = h.backend().kv_snapshot(1, 4096).unwrap();
+    h.write(vec![apply(1, 10, vec![session_put(7, "seven-3")])])
+        .unwrap();
+    let (meta, chunks) = reader.read_all().unwrap();
+    assert_eq!(meta.index, 9);
+    // Group 2 has session records of its own, which the image replaces.
+    h.write(vec![
+        append(2, entries(1..=3, 1)),
+        apply(2, 2, vec![session_put(5, "stale"), session_put(7, "old")]),
+    ])
+    .unwrap();
+    h.write(vec![
+        GroupWrite {
+            snapshot: Some(SnapshotInstall { meta, chunks }),
+            ..GroupWrite::new(2)
+        },
+        hard(2, 1, 9),
+    ])
+    .unwrap();
+    h.restart();
+    assert_eq!(sessions(&mut h, 2), vec![(7, "seven-2".to_owned())]);
+    assert_eq!(get(&mut h, 2, "a").as_deref(), Some("1"));
+    assert_eq!(sessions(&mut h, 1), vec![(7, "seven-3".to_owned())]);
+    // They go with their group.
+    h.write(vec![GroupWrite {
+        destroy: true,
+        ..GroupWrite::new(1)
+    }])
+    .unwrap();
+    h.restart();
+    assert_eq!(sessions(&mut h, 1), vec![]);
+    assert_eq!(sessions(&mut h, 2), vec![(7, "seven-2".to_owned())]);
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod memory {
@@ -732,6 +849,7 @@ conformance!(
     destroys_groups,
     snapshot_reader_moves_to_another_thread,
     releasing_write_buffers_changes_nothing_visible,
+    keeps_session_records_with_the_kv_data,
 );
 
 #[test]
