@@ -3,7 +3,7 @@
 //! groups rely on it instead of per-group heartbeats: they sleep while their leader's node is
 //! live and wake when it goes silent. It also keeps each peer's own report of the nodes *it*
 //! has not heard from lately (its quiet report, carried by its frames), so a follower can tell
-//! when its leader no longer hears another follower although this node still does.
+//! when its leader and another follower no longer hear each other although it hears both.
 
 use std::collections::BTreeMap;
 
