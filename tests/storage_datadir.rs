@@ -105,6 +105,23 @@ fn refuses_other_core_count_engine_or_newer_format_without_changes() {
         "{error}"
     );
     assert_eq!(snapshot_of(&path), before);
+    // An older format (session records in the kv space) is refused as clearly, untouched.
+    let older = text.replace(
+        &format!("format {FORMAT_VERSION}"),
+        &format!("format {}", FORMAT_VERSION - 1),
+    );
+    std::fs::write(&metadata, &older).unwrap();
+    let before = snapshot_of(&path);
+    let error = DataDir::open(&path, 2, Engine::RocksDb).unwrap_err();
+    assert!(
+        matches!(error, StorageError::FormatTooOld { found, .. } if found == FORMAT_VERSION - 1),
+        "{error}"
+    );
+    assert!(
+        error.to_string().contains("empty data directory"),
+        "{error}"
+    );
+    assert_eq!(snapshot_of(&path), before);
 
     std::fs::write(&metadata, text.replace("cores 2", "cores 4")).unwrap();
     let error = DataDir::open(&path, 4, Engine::RocksDb).unwrap_err();

@@ -16,10 +16,11 @@ use super::errors::CommandError;
 pub const RESERVED_PREFIX: u8 = 0x00;
 /// The first user key: user scans start here.
 pub const USER_KEYS_START: &[u8] = &[0x01];
-/// The start of the session records (inclusive).
-pub const SESSIONS_START: &[u8] = &[RESERVED_PREFIX, 0x01];
+/// The start of the session records (inclusive). Storage keeps this range in a space of its
+/// own (`storage::SESSION_KEYS_START`, the same bytes).
+pub const SESSIONS_START: &[u8] = crate::storage::SESSION_KEYS_START;
 /// The end of the session records (exclusive).
-pub const SESSIONS_END: &[u8] = &[RESERVED_PREFIX, 0x02];
+pub const SESSIONS_END: &[u8] = crate::storage::SESSION_KEYS_END;
 
 /// The key of a client's session record.
 pub fn session_key(client_id: u64) -> [u8; 10] {

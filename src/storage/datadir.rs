@@ -14,8 +14,9 @@ use super::error::{Result, StorageError};
 use super::rocks::RocksDbBackend;
 use super::sqlite::SqliteBackend;
 
-/// The on-disk format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The on-disk format this build writes and the only one it reads. 2: the session records
+/// in a space of their own (`keys::Space::Sessions`); 1 kept them in the kv space.
+pub const FORMAT_VERSION: u32 = 2;
 /// The metadata file name.
 pub const METADATA_FILE: &str = "KAHUNA_DATA_DIR";
 const METADATA_TEMPORARY: &str = "KAHUNA_DATA_DIR.tmp";
@@ -96,6 +97,13 @@ impl Metadata {
         let format: u32 = field("format")?
             .parse()
             .map_err(|_| bad("bad format version"))?;
+        if format < FORMAT_VERSION {
+            return Err(StorageError::FormatTooOld {
+                path: path.display().to_string(),
+                found: format,
+                supported: FORMAT_VERSION,
+            });
+        }
         if format > FORMAT_VERSION {
             return Err(StorageError::FormatTooNew {
                 path: path.display().to_string(),

@@ -41,6 +41,17 @@ pub enum StorageError {
         recorded: usize,
         requested: usize,
     },
+    /// The data directory was written in an older format that this build does not convert.
+    #[error(
+        "data directory {path} has format version {found}; this build reads only {supported} \
+         (format 2 keeps the kv machine's session records in a space of their own): open it \
+         with the build that made it, or start from an empty data directory"
+    )]
+    FormatTooOld {
+        path: String,
+        found: u32,
+        supported: u32,
+    },
     /// The data directory was written by a newer version of kahuna.
     #[error(
         "data directory {path} has format version {found}; this build supports up to {supported}"

@@ -7,6 +7,13 @@
 //! | log   | group (8 B BE) + index (8 B BE) | entry record (codec)     |
 //! | state | group (8 B BE) + tag (1 B)   | hard state / applied / conf / snapshot meta record |
 //! | kv    | group (8 B BE) + user key    | checksummed value           |
+//! | kv_sessions | group (8 B BE) + session key (`00 01` + client) | checksummed session record |
+//!
+//! The kv machine's session records (keys in [`SESSION_KEYS_START`, `SESSION_KEYS_END`) of a
+//! group's kv key space) are kept in their own space: one is rewritten by every write command,
+//! on every replica, and a space of their own keeps them out of the kv data's large memtable
+//! skiplist (RocksDB appends them to a vector memtable; see `rocks`). The store maps them;
+//! readers of the kv key space see one ordered space.
 //!
 //! Group id `u64::MAX` is reserved: its prefix is the exclusive upper bound of every key space.
 //! (The RocksDB engine's WAL filler, written and deleted when a database is created, lives
@@ -23,10 +30,12 @@ pub enum Space {
     State,
     /// The replicated key/value data.
     Kv,
+    /// The kv machine's session records (part of the kv key space, stored apart).
+    Sessions,
 }
 
 impl Space {
-    pub const ALL: [Space; 3] = [Space::Log, Space::State, Space::Kv];
+    pub const ALL: [Space; 4] = [Space::Log, Space::State, Space::Kv, Space::Sessions];
 
     /// The column family or table name.
     pub fn name(self) -> &'static str {
@@ -34,6 +43,7 @@ impl Space {
             Space::Log => "raft_log",
             Space::State => "raft_state",
             Space::Kv => "kv",
+            Space::Sessions => "kv_sessions",
         }
     }
 
@@ -42,7 +52,22 @@ impl Space {
             Space::Log => 0,
             Space::State => 1,
             Space::Kv => 2,
+            Space::Sessions => 3,
         }
+    }
+}
+
+/// The first key of the kv key space's session records (the kv machine's `SESSIONS_START`).
+pub const SESSION_KEYS_START: &[u8] = &[0x00, 0x01];
+/// The exclusive end of the session records (the kv machine's `SESSIONS_END`).
+pub const SESSION_KEYS_END: &[u8] = &[0x00, 0x02];
+
+/// The space that holds `user_key` of a group's kv key space.
+pub fn kv_space(user_key: &[u8]) -> Space {
+    if (SESSION_KEYS_START..SESSION_KEYS_END).contains(&user_key) {
+        Space::Sessions
+    } else {
+        Space::Kv
     }
 }
 

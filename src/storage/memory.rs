@@ -10,7 +10,7 @@ use super::engine::{RawBatch, RawEngine, RawOp, RawRangeView};
 use super::error::Result;
 use super::keys::Space;
 
-type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; 3];
+type Maps = [BTreeMap<Vec<u8>, Vec<u8>>; 4];
 
 /// An engine that keeps everything in memory; see the module comment.
 #[derive(Clone, Debug, Default)]

@@ -35,7 +35,10 @@ pub use codec::decode_frames as decode_snapshot_data;
 pub use datadir::{DataDir, Engine, CORES_MAX, FORMAT_VERSION, METADATA_FILE};
 pub use engine::{RawBatch, RawEngine, RawOp, RawRangeView};
 pub use error::{Result, StorageError};
-pub use keys::{kv_key, log_key, state_key, Space, StateTag, GROUP_RESERVED};
+pub use keys::{
+    kv_key, log_key, state_key, Space, StateTag, GROUP_RESERVED, SESSION_KEYS_END,
+    SESSION_KEYS_START,
+};
 pub use memory::{MemoryBackend, MemoryEngine};
 pub use rocks::{RocksDbBackend, RocksEngine, WAL_PREALLOCATE_BYTES_MAX};
 pub use snapshot::KvSnapshotReader;

@@ -157,6 +157,12 @@ fn family_options(space: Space, database: &Options) -> Options {
     if space == Space::Log {
         options.set_memtable_factory(MemtableFactory::Vector);
     }
+    if space == Space::Sessions {
+        // Appends (one record per write command and replica), sorted once at flush; a small
+        // buffer, so a scan that must read the mutable memtable (a copy and a sort) stays cheap.
+        options.set_memtable_factory(MemtableFactory::Vector);
+        options.set_write_buffer_size(SESSIONS_WRITE_BUFFER_BYTES);
+    }
     if space == Space::State {
         options.set_inplace_update_support(true);
     }
@@ -171,12 +177,38 @@ fn family_options(space: Space, database: &Options) -> Options {
     options
 }
 
+/// The sessions family's memtable: ~50,000 records of ~80 bytes in the arena.
+const SESSIONS_WRITE_BUFFER_BYTES: usize = 4 << 20;
+/// Above this, a read of the sessions family flushes its memtable first (see
+/// `RocksEngine::before_reading`).
+const SESSIONS_READ_FLUSH_BYTES: u64 = 256 << 10;
+
 /// Bits per key of the kv family's table filters (~1% false positives).
 const KV_FILTER_BITS_PER_KEY: f64 = 10.0;
 /// The kv family's memtable filter, as a fraction of the memtable's size (1.3 MiB for 64 MiB).
 const KV_MEMTABLE_FILTER_RATIO: f64 = 0.02;
 
 impl RocksEngine {
+    /// A read of the sessions family also reads its live memtable, a vector that RocksDB copies
+    /// and sorts for every read while it is mutable: past [`SESSIONS_READ_FLUSH_BYTES`] the
+    /// memtable is flushed first (and waited for), so that a read sorts little. Reads of it are
+    /// rare (a group's session table loaded once, an image), and the flush changes nothing
+    /// visible.
+    fn before_reading(&self, space: Space) -> Result<()> {
+        if space != Space::Sessions {
+            return Ok(());
+        }
+        let family = self.family(space)?;
+        let active = self
+            .db
+            .property_int_value_cf(family, "rocksdb.cur-size-active-mem-table")?
+            .unwrap_or(u64::MAX);
+        if active > SESSIONS_READ_FLUSH_BYTES {
+            self.db.flush_cf(family)?;
+        }
+        Ok(())
+    }
+
     /// Opens (creating if needed) the database in directory `path`.
     pub fn open(path: &Path) -> Result<RocksEngine> {
         Self::open_preallocated(path, 0)
@@ -320,6 +352,7 @@ impl RawEngine for RocksEngine {
             self.family(Space::Log)?,
             self.family(Space::State)?,
             self.family(Space::Kv)?,
+            self.family(Space::Sessions)?,
         ];
         let mut write = rocksdb::WriteBatch::default();
         for op in &batch.ops {
@@ -345,6 +378,7 @@ impl RawEngine for RocksEngine {
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.before_reading(space)?;
         Ok(self.db.get_cf(self.family(space)?, key)?)
     }
 
@@ -377,6 +411,7 @@ impl RawEngine for RocksEngine {
         if start >= end {
             return Ok(None);
         }
+        self.before_reading(space)?;
         let mut iterator = self
             .db
             .raw_iterator_cf_opt(self.family(space)?, Self::iterator_options(start, end));
@@ -390,6 +425,7 @@ impl RawEngine for RocksEngine {
         if start >= end {
             return Ok(None);
         }
+        self.before_reading(space)?;
         let mut iterator = self
             .db
             .raw_iterator_cf_opt(self.family(space)?, Self::iterator_options(start, end));
@@ -409,6 +445,7 @@ impl RawEngine for RocksEngine {
         if start >= end {
             return Ok(());
         }
+        self.before_reading(space)?;
         let mut iterator = self
             .db
             .raw_iterator_cf_opt(self.family(space)?, Self::iterator_options(start, end));
@@ -429,6 +466,7 @@ impl RawEngine for RocksEngine {
     /// batches through a channel of depth one, so memory stays bounded, and it stops when the
     /// view is dropped.
     fn view(&self, space: Space, start: &[u8], end: &[u8]) -> Result<Box<dyn RawRangeView>> {
+        self.before_reading(space)?;
         let db = Arc::clone(&self.db);
         let (start, end) = (start.to_vec(), end.to_vec());
         let (ready_sender, ready) = sync_channel::<Result<()>>(1);

@@ -80,12 +80,14 @@ macro_rules! statements {
 const LOG: Statements = statements!("raft_log");
 const STATE: Statements = statements!("raft_state");
 const KV: Statements = statements!("kv");
+const SESSIONS: Statements = statements!("kv_sessions");
 
 fn sql(space: Space) -> &'static Statements {
     match space {
         Space::Log => &LOG,
         Space::State => &STATE,
         Space::Kv => &KV,
+        Space::Sessions => &SESSIONS,
     }
 }
 
@@ -93,6 +95,7 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS raft_log (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS raft_state (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE IF NOT EXISTS kv (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;
+    CREATE TABLE IF NOT EXISTS kv_sessions (k BLOB PRIMARY KEY NOT NULL, v BLOB NOT NULL) WITHOUT ROWID;
 ";
 
 impl SqliteEngine {

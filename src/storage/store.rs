@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::backend::{Backend, RecoveryState};
 use super::batch::{Apply, GroupWrite, KvOp, SnapshotInstall, WriteBatch};
 use super::codec;
-use super::engine::{RawBatch, RawEngine};
+use super::engine::{RawBatch, RawEngine, RawRangeView};
 use super::error::{Result, StorageError};
 use super::keys::{self, Space, StateTag, GROUP_RESERVED};
 use super::recovery::{self, LogRecord};
@@ -143,6 +143,70 @@ impl<E: RawEngine> Store<E> {
     }
 }
 
+/// The engine ranges, in key order, that hold the user range `[start, end)` of `group`'s kv key
+/// space (`end` empty: to the group's end): the kv space below the session records, the
+/// session records' own space, and the kv space above them, each where the range reaches.
+fn kv_segments(group: GroupId, start: &[u8], end: &[u8]) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+    let (low, high) = (keys::SESSION_KEYS_START, keys::SESSION_KEYS_END);
+    let before = |key: &[u8], bound: &[u8]| end_is_open(key) || key > bound;
+    let engine_end = |key: &[u8]| {
+        if end_is_open(key) {
+            keys::group_end(group).to_vec()
+        } else {
+            keys::kv_key(group, key)
+        }
+    };
+    let mut segments = Vec::with_capacity(3);
+    if start < low {
+        let stop = if before(end, low) { low } else { end };
+        if start < stop {
+            segments.push((
+                Space::Kv,
+                keys::kv_key(group, start),
+                keys::kv_key(group, stop),
+            ));
+        }
+    }
+    let from = start.max(low);
+    let to = if before(end, high) { high } else { end };
+    if from < to {
+        segments.push((
+            Space::Sessions,
+            keys::kv_key(group, from),
+            keys::kv_key(group, to),
+        ));
+    }
+    if before(end, high) {
+        let from = start.max(high);
+        if end_is_open(end) || from < end {
+            segments.push((Space::Kv, keys::kv_key(group, from), engine_end(end)));
+        }
+    }
+    segments
+}
+
+/// Views of consecutive key ranges read as one: each to its end, in order.
+struct ChainedView {
+    views: std::collections::VecDeque<Box<dyn RawRangeView>>,
+}
+
+impl RawRangeView for ChainedView {
+    fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        while let Some(view) = self.views.front_mut() {
+            if let Some(pair) = view.next_pair()? {
+                return Ok(Some(pair));
+            }
+            self.views.pop_front();
+        }
+        Ok(None)
+    }
+}
+
+/// An empty end of a user range means the group's end.
+fn end_is_open(end: &[u8]) -> bool {
+    end.is_empty()
+}
+
 /// Translation of one group's part of a batch into engine operations, checking the invariants
 /// against (and advancing) the group's cached facts.
 fn encode_group(write: &GroupWrite, cache: &mut GroupCache, raw: &mut RawBatch) -> Result<()> {
@@ -227,8 +291,13 @@ fn encode_install(
         keys::group_end(group),
     );
     raw.delete_range(Space::Kv, keys::group_prefix(group), keys::group_end(group));
+    raw.delete_range(
+        Space::Sessions,
+        keys::group_prefix(group),
+        keys::group_end(group),
+    );
     for (key, value) in pairs {
-        raw.put(Space::Kv, key, value);
+        raw.put(keys::kv_space(&key[8..]), key, value);
     }
     put_snapshot_meta(group, meta, raw);
     put_applied(group, meta.index, meta.term, raw);
@@ -311,18 +380,16 @@ fn encode_apply(
     for op in &apply.ops {
         match op {
             KvOp::Put { key, value } => {
+                let space = keys::kv_space(key);
                 let key = keys::kv_key(group, key);
                 let value = codec::seal(&key, value);
-                raw.put(Space::Kv, key, value);
+                raw.put(space, key, value);
             }
-            KvOp::Delete { key } => raw.delete(Space::Kv, keys::kv_key(group, key)),
+            KvOp::Delete { key } => raw.delete(keys::kv_space(key), keys::kv_key(group, key)),
             KvOp::DeleteRange { start, end } => {
-                let end = if end.is_empty() {
-                    keys::group_end(group).to_vec()
-                } else {
-                    keys::kv_key(group, end)
-                };
-                raw.delete_range(Space::Kv, keys::kv_key(group, start), end);
+                for (space, start, end) in kv_segments(group, start, end) {
+                    raw.delete_range(space, start, end);
+                }
             }
         }
     }
@@ -494,8 +561,9 @@ impl<E: RawEngine> Backend for Store<E> {
     }
 
     fn kv_get(&self, group: GroupId, key: &[u8]) -> Result<Option<Bytes>> {
+        let space = keys::kv_space(key);
         let key = keys::kv_key(group, key);
-        let Some(value) = self.engine.get(Space::Kv, &key)? else {
+        let Some(value) = self.engine.get(space, &key)? else {
             return Ok(None);
         };
         let payload = codec::open(&key, &value)
@@ -522,12 +590,6 @@ impl<E: RawEngine> Backend for Store<E> {
         items_max: usize,
         bytes_max: usize,
     ) -> Result<(Vec<(Bytes, Bytes)>, bool)> {
-        let start = keys::kv_key(group, start);
-        let end = if end.is_empty() {
-            keys::group_end(group).to_vec()
-        } else {
-            keys::kv_key(group, end)
-        };
         let mut pairs = Vec::new();
         let mut bytes = 0usize;
         let mut more = false;
@@ -535,8 +597,11 @@ impl<E: RawEngine> Backend for Store<E> {
         if items_max == 0 {
             return Ok((pairs, false));
         }
-        self.engine
-            .scan(Space::Kv, &start, &end, &mut |key, value| {
+        for (space, start, end) in kv_segments(group, start, end) {
+            if more || failure.is_some() {
+                break;
+            }
+            self.engine.scan(space, &start, &end, &mut |key, value| {
                 // Full: a pair follows, and it is not read (nor checked) beyond that.
                 if pairs.len() == items_max {
                     more = true;
@@ -562,6 +627,7 @@ impl<E: RawEngine> Backend for Store<E> {
                 ));
                 true
             })?;
+        }
         match failure {
             Some(detail) => Err(StorageError::corruption(
                 group,
@@ -578,11 +644,15 @@ impl<E: RawEngine> Backend for Store<E> {
                 "group id u64::MAX is reserved",
             ));
         }
-        let view = self.engine.view(
-            Space::Kv,
-            &keys::group_prefix(group),
-            &keys::group_end(group),
-        )?;
+        // One view per space the group's kv key space is kept in, in key order. Writes need
+        // `&mut self`, so nothing was written between taking them: they show one state.
+        let mut views = Vec::with_capacity(3);
+        for (space, start, end) in kv_segments(group, b"", b"") {
+            views.push(self.engine.view(space, &start, &end)?);
+        }
+        let view: Box<dyn RawRangeView> = Box::new(ChainedView {
+            views: views.into(),
+        });
         // Writes need `&mut self`, so nothing was written between taking the view and these
         // reads: they describe exactly the data the view holds.
         let (index, term) = self.read_applied(group)?.unwrap_or((0, 0));
