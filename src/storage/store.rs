@@ -683,3 +683,68 @@ impl<E: RawEngine> Backend for Store<E> {
         self.engine.concurrent_kv_reader()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segments(start: &[u8], end: &[u8]) -> Vec<(Space, Vec<u8>, Vec<u8>)> {
+        kv_segments(7, start, end)
+    }
+
+    fn key(user: &[u8]) -> Vec<u8> {
+        keys::kv_key(7, user)
+    }
+
+    #[test]
+    fn kv_ranges_split_around_the_session_records_in_key_order() {
+        let end = keys::group_end(7).to_vec();
+        // The whole group: below, the sessions, above.
+        assert_eq!(
+            segments(b"", b""),
+            vec![
+                (Space::Kv, key(b""), key(&[0, 1])),
+                (Space::Sessions, key(&[0, 1]), key(&[0, 2])),
+                (Space::Kv, key(&[0, 2]), end.clone()),
+            ]
+        );
+        // User keys only (they start at 01): the kv space alone.
+        assert_eq!(segments(&[1], b""), vec![(Space::Kv, key(&[1]), end)]);
+        assert_eq!(
+            segments(&[1], &[5]),
+            vec![(Space::Kv, key(&[1]), key(&[5]))]
+        );
+        // The session range alone, and a part of it.
+        assert_eq!(
+            segments(&[0, 1], &[0, 2]),
+            vec![(Space::Sessions, key(&[0, 1]), key(&[0, 2]))]
+        );
+        assert_eq!(
+            segments(&[0, 1, 5], &[0, 1, 9]),
+            vec![(Space::Sessions, key(&[0, 1, 5]), key(&[0, 1, 9]))]
+        );
+        // Below the sessions only; across their start.
+        assert_eq!(
+            segments(&[0, 0], &[0, 1]),
+            vec![(Space::Kv, key(&[0, 0]), key(&[0, 1]))]
+        );
+        assert_eq!(
+            segments(&[0, 0], &[0, 1, 3]),
+            vec![
+                (Space::Kv, key(&[0, 0]), key(&[0, 1])),
+                (Space::Sessions, key(&[0, 1]), key(&[0, 1, 3])),
+            ]
+        );
+        // Across their end.
+        assert_eq!(
+            segments(&[0, 1, 3], &[1]),
+            vec![
+                (Space::Sessions, key(&[0, 1, 3]), key(&[0, 2])),
+                (Space::Kv, key(&[0, 2]), key(&[1])),
+            ]
+        );
+        // Empty ranges give nothing.
+        assert_eq!(segments(&[2], &[2]), vec![]);
+        assert_eq!(segments(&[0, 1], &[0, 1]), vec![]);
+    }
+}
