@@ -196,19 +196,25 @@ impl Node {
         self.command(|reply| Command::ReportQuiet(nodes, reply))
     }
 
-    /// The next batch holding messages (heartbeats skipped).
-    fn receive_batch(&self) -> InboundBatch {
+    /// The first batch to arrive that `wanted` accepts (the others are dropped); fails with
+    /// `what` after the deadline.
+    fn receive_first(&self, what: &str, wanted: impl Fn(&InboundBatch) -> bool) -> InboundBatch {
         let deadline = Instant::now() + DEADLINE;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let batch = self
                 .inbound
                 .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("node {}: no batch before the deadline", self.id));
-            if !batch.messages.is_empty() {
+                .unwrap_or_else(|_| panic!("node {}: no {what} before the deadline", self.id));
+            if wanted(&batch) {
                 return batch;
             }
         }
+    }
+
+    /// The next batch holding messages (heartbeats skipped).
+    fn receive_batch(&self) -> InboundBatch {
+        self.receive_first("batch", |batch| !batch.messages.is_empty())
     }
 
     /// Receives batches until `count` messages arrived (heartbeats skipped).
@@ -231,17 +237,9 @@ impl Node {
 
     /// Receives batches until one empty (heartbeat) batch from `from` arrived.
     fn receive_heartbeat(&self, from: NodeId) {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let batch = self
-                .inbound
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("node {}: no heartbeat from {from}", self.id));
-            if batch.from_node == from && batch.messages.is_empty() {
-                return;
-            }
-        }
+        self.receive_first(&format!("heartbeat from {from}"), |batch| {
+            batch.from_node == from && batch.messages.is_empty()
+        });
     }
 }
 
