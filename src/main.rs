@@ -15,7 +15,8 @@ commands:
               [--peers ID=HOST:PORT,...] [--client-addrs ID=HOST:PORT,...] [--partitions P]
               [--cores C] [--storage rocksdb|sqlite] [--pin auto|none|CPU,...] [--cluster-id N]
               [--metrics-addr HOST:PORT]  (Prometheus text at http://HOST:PORT/metrics)
-              [--tick-ms 10] [--compact-after 10000] [--wal-preallocate-mb 48]
+              [--tick-ms 10] [--compact-after 10000] [--compact-held 512]
+              [--wal-preallocate-mb 48]
               [--unload-after-idle 60]  (seconds without writes before caches are dropped)
   playground  run a local cluster on loopback and print its endpoints
               [--nodes 3] [--data-dir DIR] [--base-port PORT] [--cores C] [--partitions P]

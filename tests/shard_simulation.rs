@@ -17,10 +17,18 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use bytes::Bytes;
 use kahuna::raft::*;
-use kahuna::shard::{PersistToken, Shard, ShardBatch, ShardConfig, ShardError, StateMachine};
+use kahuna::shard::{
+    CompactionPolicy, PersistToken, Shard, ShardBatch, ShardConfig, ShardError, StateMachine,
+};
 use kahuna::storage::{Backend, KvOp, MemoryBackend};
 
 const DIGEST_KEY: &[u8] = b"\x00digest";
+/// The compaction policy's thresholds in the simulation: small, so that a leader's cut where
+/// its followers hold the log and the bound's cut both happen within a run.
+const SIM_COMPACTION: CompactionPolicy = CompactionPolicy {
+    entries_max: 24,
+    entries_held: 4,
+};
 
 /// A hash chain over applied entries, stored in the group's kv data with the applied index.
 ///
@@ -450,9 +458,19 @@ impl Sim {
                 node.unsynced.push_back(batch.token);
             }
         }
-        // Compact some logs, as the node does past its threshold, up to what is applied in a
-        // written batch (storage's data covers it).
+        // Compact some logs: at the node's policy's points (a leader where its followers
+        // hold the log, small thresholds so that both rules fire), or at random up to what is
+        // applied in a written batch (storage's data covers it; any such point is safe).
         for group in node.shard.group_ids() {
+            if self.dice.chance(0.5) {
+                if let Some(index) = node.shard.compaction_point(group, &SIM_COMPACTION) {
+                    node.shard
+                        .compact(group, index)
+                        .expect("compaction at the policy's point");
+                    self.compactions += 1;
+                }
+                continue;
+            }
             let long = node.shard.raft(group).is_some_and(|r| r.log_len() > 6);
             if !long || !self.dice.chance(0.05) {
                 continue;

@@ -53,6 +53,9 @@ pub struct NodeConfig {
     pub metrics_addr: Option<String>,
     /// Compact a group's log once it holds this many entries (bounds memory per group).
     pub compact_after: usize,
+    /// Compact a group's log once it holds this many entries, where every member holds it
+    /// (see `shard/compaction.rs`); at most `compact_after` takes effect.
+    pub compact_held: usize,
     /// RocksDB: MiB each WAL file of a core's database is written out to (0: none); see
     /// `RocksEngine::open_preallocated`.
     pub wal_preallocate_mb: usize,
@@ -78,6 +81,7 @@ impl Default for NodeConfig {
             tick_ms: 10,
             metrics_addr: None,
             compact_after: 10_000,
+            compact_held: 512,
             wal_preallocate_mb: WAL_PREALLOCATE_MB_DEFAULT,
             unload_after_idle_s: UNLOAD_AFTER_IDLE_S_DEFAULT,
         }
@@ -171,6 +175,7 @@ impl NodeConfig {
                 "--tick-ms" => config.tick_ms = parse_number(flag, &value()?)?,
                 "--metrics-addr" => config.metrics_addr = Some(value()?),
                 "--compact-after" => config.compact_after = parse_number(flag, &value()?)?,
+                "--compact-held" => config.compact_held = parse_number(flag, &value()?)?,
                 "--wal-preallocate-mb" => {
                     config.wal_preallocate_mb = parse_number(flag, &value()?)?
                 }
@@ -203,6 +208,9 @@ impl NodeConfig {
         }
         if self.compact_after < 2 {
             return fail("--compact-after must be at least 2".into());
+        }
+        if self.compact_held < 2 {
+            return fail("--compact-held must be at least 2".into());
         }
         if self.wal_preallocate_mb > WAL_PREALLOCATE_MB_MAX {
             return fail(format!(
@@ -263,13 +271,15 @@ mod tests {
         let config = NodeConfig::from_args(&args(
             "--id 2 --data-dir /tmp/x --client-addr 127.0.0.1:9 --peer-addr 127.0.0.1:10 \
              --peers 1=127.0.0.1:20,3=127.0.0.1:30 --partitions 128 --cores 2 --storage sqlite \
-             --unload-after-idle 600",
+             --unload-after-idle 600 --compact-after 5000 --compact-held 64",
         ))
         .unwrap();
         assert_eq!(config.id, 2);
         assert_eq!(config.unload_after_idle_s, 600);
+        assert_eq!((config.compact_after, config.compact_held), (5000, 64));
         let defaults = NodeConfig::from_args(&[]).unwrap();
         assert_eq!(defaults.unload_after_idle_s, UNLOAD_AFTER_IDLE_S_DEFAULT);
+        assert_eq!((defaults.compact_after, defaults.compact_held), (10_000, 512));
         assert_eq!(config.node_ids(), vec![1, 2, 3]);
         assert_eq!(config.partitions, 128);
         assert_eq!(config.storage, Engine::Sqlite);
@@ -281,6 +291,7 @@ mod tests {
         for (text, needle) in [
             ("--id 0", "reserved"),
             ("--cores 0", "--cores"),
+            ("--compact-held 1", "--compact-held must be at least 2"),
             ("--storage mysql", "rocksdb or sqlite"),
             ("--peers 1", "ID=HOST:PORT"),
             ("--bogus 1", "unknown flag"),

@@ -19,7 +19,7 @@ use super::storage_writer::StorageWriter;
 use crate::kv::{KvMachine, KvMachineConfig};
 use crate::proto::client::NodeAddress;
 use crate::raft::{ConfState, Config, RestoreState};
-use crate::shard::{Shard, ShardConfig};
+use crate::shard::{CompactionPolicy, Shard, ShardConfig};
 use crate::storage::DataDir;
 use crate::transport::{PeerTransport, TransportConfig, TransportLimits};
 
@@ -312,7 +312,10 @@ async fn run_core(
     glommio::spawn_local(serve_clients(listener, serving)).detach();
     let settings = LoopSettings {
         tick: Duration::from_millis(config.tick_ms),
-        compact_after: config.compact_after,
+        compaction: CompactionPolicy::new(
+            config.compact_after,
+            config.compact_held.min(config.compact_after),
+        ),
         unload_after_idle: Duration::from_secs(config.unload_after_idle_s),
     };
     run_loop(state, ring, settings).await;

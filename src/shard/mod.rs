@@ -2,8 +2,11 @@
 //! batch per loop iteration, their messages grouped per peer node. Plain code over a narrow
 //! interface: the glommio node and the simulator both drive it.
 
+mod compaction;
 mod liveness;
 mod scheduler;
+
+pub use compaction::{compaction_point, CompactionPolicy, LogView};
 
 pub use liveness::NodeLiveness;
 pub use scheduler::{

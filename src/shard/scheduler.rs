@@ -18,6 +18,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use ahash::AHashMap;
 use bytes::Bytes;
 
+use super::compaction::{compaction_point, CompactionPolicy, LogView};
 use super::liveness::NodeLiveness;
 use crate::raft::{
     ConfState, Config, Entry, EntryKind, GroupId, Index, Message, MessageBody, NodeId, Raft,
@@ -356,6 +357,13 @@ impl<S: StateMachine> Shard<S> {
     /// group's data see everything up to here. Linearizable reads wait for this.
     pub fn written_applied(&self, group: GroupId) -> Option<Index> {
         self.groups.get(&group).map(|slot| slot.written_applied)
+    }
+
+    /// Where `policy` would cut `group`'s log now (see `compaction.rs`), if anywhere: pass it
+    /// to [`Shard::compact`].
+    pub fn compaction_point(&self, group: GroupId, policy: &CompactionPolicy) -> Option<Index> {
+        let slot = self.groups.get(&group)?;
+        compaction_point(&LogView::of(&slot.raft, slot.written_applied), policy)
     }
 
     /// Committed entries of `group` waiting for the state machine.
