@@ -63,8 +63,10 @@ struct RunConfig {
     sets: usize,
     set_threads: usize,
     stale_reads_fault: bool,
-    /// `--compact-after`: small values make followers catch up from snapshots under faults.
-    compact_after: Option<usize>,
+    /// `--compact-after` and `--compact-held`: small values make leaders cut their logs where
+    /// the followers hold them all the time, and followers behind catch up from snapshots under
+    /// faults.
+    compaction: Option<(usize, usize)>,
 }
 
 struct RunOutcome {
@@ -111,8 +113,15 @@ fn run(config: &RunConfig) -> RunOutcome {
         cores: config.cores,
         env,
         extra_args: config
-            .compact_after
-            .map(|n| vec!["--compact-after".to_string(), n.to_string()])
+            .compaction
+            .map(|(after, held)| {
+                vec![
+                    "--compact-after".to_string(),
+                    after.to_string(),
+                    "--compact-held".to_string(),
+                    held.to_string(),
+                ]
+            })
             .unwrap_or_default(),
     });
     wait_for_leaders(&cluster, "start");
@@ -310,13 +319,13 @@ fn summarize(
     let mut text = String::new();
     let _ = writeln!(
         text,
-        "run {}: seed {} ({:?}, {} cores, {} partitions, compact after {:?}; replay: KAHUNA_LIN_SEED={} KAHUNA_LIN_SECS={} cargo test --test linearizability)",
+        "run {}: seed {} ({:?}, {} cores, {} partitions, compaction (after, held) {:?}; replay: KAHUNA_LIN_SEED={} KAHUNA_LIN_SECS={} cargo test --test linearizability)",
         config.name,
         config.seed,
         config.duration,
         config.cores,
         config.partitions,
-        config.compact_after,
+        config.compaction,
         config.seed,
         config.duration.as_secs()
     );
@@ -450,7 +459,7 @@ fn register_config(name: &'static str, seed: u64, slot: u64, duration: Duration)
         sets: 4,
         set_threads: 2,
         stale_reads_fault: false,
-        compact_after: (dice.next_u64() % 2 == 0).then_some(50),
+        compaction: (dice.next_u64() % 2 == 0).then_some((50, 8)),
     }
 }
 
@@ -545,7 +554,7 @@ fn stale_read_config(seed: u64, stale_reads_fault: bool) -> RunConfig {
         sets: 0,
         set_threads: 0,
         stale_reads_fault,
-        compact_after: None,
+        compaction: None,
     }
 }
 

@@ -279,7 +279,10 @@ mod tests {
         assert_eq!((config.compact_after, config.compact_held), (5000, 64));
         let defaults = NodeConfig::from_args(&[]).unwrap();
         assert_eq!(defaults.unload_after_idle_s, UNLOAD_AFTER_IDLE_S_DEFAULT);
-        assert_eq!((defaults.compact_after, defaults.compact_held), (10_000, 512));
+        assert_eq!(
+            (defaults.compact_after, defaults.compact_held),
+            (10_000, 512)
+        );
         assert_eq!(config.node_ids(), vec![1, 2, 3]);
         assert_eq!(config.partitions, 128);
         assert_eq!(config.storage, Engine::Sqlite);
