@@ -1,8 +1,9 @@
-//! The log compaction policy (`src/shard/compaction.rs`) driven through real shards: a
-//! leader cuts its log only where every follower holds it, so a healthy follower, or one cut
-//! off for a while, catches up from the log and never needs an image; past the bound the log
-//! is cut anyway and a follower behind asks for an image. Followers keep half the held
-//! entries. Every node stays consistent throughout (all apply the same entries).
+//! The log compaction policy (`src/shard/compaction.rs`) driven through real shards: logs stay
+//! short while every member keeps up (the leader cuts, followers keep half the held entries);
+//! a leader cuts only where every follower holds the log, so one cut off for a while catches
+//! up from the log, not an image (the test that pins the leader's rule: here the harness is
+//! synchronous, so in the healthy test every follower always holds everything); past the
+//! bound the log is cut anyway and a follower behind asks for an image.
 
 use std::collections::{BTreeMap, BTreeSet};
 

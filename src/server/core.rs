@@ -594,8 +594,8 @@ fn unload_idle_groups(state: &CoreState, after: Duration) {
 /// How often a core looks for logs to compact.
 const COMPACTION_INTERVAL: Duration = Duration::from_secs(1);
 /// Groups compacted per pass: bounds one pass's work (each cut is a range delete and a
-/// record in the next batch). Above the groups a busy core's logs pass `entries_held` in a
-/// pass interval (64 groups at ~20,000 puts/s: ~40 a second), so cuts keep pace.
+/// record in the next batch). Above the cuts a busy core needs in a pass interval (64 groups
+/// at ~20,000 puts/s: ~40 leader and ~25 follower cuts a second), so cuts keep pace.
 const COMPACTIONS_PER_PASS_MAX: usize = 256;
 
 /// Compacts the logs `policy` says to cut (see `shard/compaction.rs`), at most

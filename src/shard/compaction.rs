@@ -10,10 +10,20 @@
 //! the compaction that finally drops it (with 64 groups, ~200 MiB of live log per node against
 //! a 64 MiB memtable). An entry that every member holds durably is needed by no one: past
 //! `entries_held` a leader cuts at the smallest match index of its followers (never past a
-//! follower, so a healthy follower never needs an image), and the log's range delete lands in
-//! the same memtable as the entries it covers, so the flush drops them instead of writing
-//! them. A follower does not know the other followers' progress; it keeps the last
-//! `entries_held / 2` entries it applied, for a peer slightly behind it should it be elected.
+//! follower: while it leads and the log stays under `entries_max`, a follower behind, even
+//! one cut off for a while, catches up from the log, not from an image), and the log's range
+//! delete lands in the same memtable as the entries it covers, so the flush drops them
+//! instead of writing them. A follower does not know the other followers' progress; it keeps
+//! the last `entries_held / 2` entries before its written applied index, for a peer slightly
+//! behind it should it be elected.
+//!
+//! What that costs, and when it saves nothing:
+//! - After a leader change, a follower more than `entries_held / 2` entries behind the new
+//!   leader catches up from an image (with one threshold it had up to `entries_max` entries
+//!   to catch up from). A follower that far behind at a failover is rare (the spare follower
+//!   lags by milliseconds), and an image of a group costs about its data.
+//! - While a member is down or being added (its match index stale or 0), the leader's cut
+//!   stops at it: the log grows to `entries_max` and is cut there, as with one threshold.
 //!
 //! Safety never depends on the point chosen: any point at or below the written applied index
 //! is safe (storage's data covers it, and an image serves whoever is behind), which is why
