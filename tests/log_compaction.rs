@@ -37,8 +37,8 @@ struct Trio {
     /// Nodes that dropped all traffic to and from them.
     isolated: BTreeSet<NodeId>,
     images_wanted: Vec<(NodeId, GroupId)>,
-    /// Per node, how far its log was ever cut (the compactions made).
-    cuts: BTreeMap<NodeId, Vec<Index>>,
+    /// Per node, the compactions made: (cut point, last index then).
+    cuts: BTreeMap<NodeId, Vec<(Index, Index)>>,
 }
 
 impl Trio {
@@ -116,10 +116,11 @@ impl Trio {
         for id in 1..=3 {
             let shard = self.shards.get_mut(&id).unwrap();
             if let Some(index) = shard.compaction_point(GROUP, &policy) {
+                let last = shard.raft(GROUP).unwrap().last_index();
                 shard
                     .compact(GROUP, index)
                     .expect("a point the policy chose");
-                self.cuts.entry(id).or_default().push(index);
+                self.cuts.entry(id).or_default().push((index, last));
             }
         }
         self.settle();
@@ -175,6 +176,20 @@ fn a_healthy_group_keeps_short_logs_and_never_needs_an_image() {
         assert!(len >= 16, "node {id} kept {len} entries");
     }
     assert!(trio.cuts[&LEADER].len() >= 10, "{:?}", trio.cuts);
+    // Both followers held everything at every pass (the harness settles first), so the
+    // leader cut its whole log each time; the followers kept their margin.
+    assert!(
+        trio.cuts[&LEADER].iter().all(|&(cut, last)| cut == last),
+        "{:?}",
+        trio.cuts[&LEADER]
+    );
+    for id in 2..=3 {
+        assert!(
+            trio.cuts[&id].iter().all(|&(cut, last)| cut + 16 <= last),
+            "node {id}: {:?}",
+            trio.cuts[&id]
+        );
+    }
     assert_eq!(trio.images_wanted, vec![]);
     let leader_applied = trio.applied(LEADER);
     for id in 2..=3 {
