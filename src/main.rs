@@ -32,6 +32,10 @@ client commands:
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    if let Err(message) = cpu_supported() {
+        eprintln!("kahuna: {message}");
+        return ExitCode::from(2);
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first() else {
         eprintln!("{USAGE}{}", kahuna::cli::USAGE);
@@ -115,4 +119,26 @@ fn serve(args: &[String]) -> ExitCode {
 fn fail(message: &str) -> ExitCode {
     eprintln!("kahuna: {message}");
     ExitCode::from(2)
+}
+
+/// The build turns on SSE 4.2 and CLMUL (`.cargo/config.toml`: RocksDB computes its CRC32C in
+/// hardware only with both). On a CPU without them the first use would end the process with
+/// SIGILL and no word of why; this says it instead. (A build with its own `RUSTFLAGS` may leave
+/// them off, and then there is nothing to check.)
+fn cpu_supported() -> Result<(), String> {
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "sse4.2",
+        target_feature = "pclmulqdq"
+    ))]
+    if !std::arch::is_x86_feature_detected!("sse4.2")
+        || !std::arch::is_x86_feature_detected!("pclmulqdq")
+    {
+        return Err(
+            "this build needs a CPU with SSE 4.2 and CLMUL (x86_64 servers since \
+             2011); rebuild with RUSTFLAGS=\"\" for an older one"
+                .to_string(),
+        );
+    }
+    Ok(())
 }
