@@ -4,9 +4,10 @@
 //! a full table is cleared and the loss counted (entries of a deposed leader never complete).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
+
+use ahash::AHashMap;
 
 use crate::raft::{Entry, GroupId, Index};
 use crate::shard::ShardBatch;
@@ -16,9 +17,9 @@ const TRACKED_ENTRIES_MAX: usize = 1 << 16;
 
 #[derive(Default)]
 struct Tables {
-    proposed: HashMap<(GroupId, Index), Instant>,
-    sent: HashMap<(GroupId, Index), Instant>,
-    applying: HashMap<(GroupId, Index), Instant>,
+    proposed: AHashMap<(GroupId, Index), Instant>,
+    sent: AHashMap<(GroupId, Index), Instant>,
+    applying: AHashMap<(GroupId, Index), Instant>,
 }
 
 thread_local! {
@@ -27,7 +28,7 @@ thread_local! {
 
 fn insert(
     core: usize,
-    table: &mut HashMap<(GroupId, Index), Instant>,
+    table: &mut AHashMap<(GroupId, Index), Instant>,
     key: (GroupId, Index),
     at: Instant,
 ) {

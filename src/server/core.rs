@@ -12,10 +12,11 @@
 //! Per-core state is `Rc<RefCell<..>>`; no borrow is ever held across an `.await`.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use ahash::AHashMap;
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
@@ -53,7 +54,7 @@ pub struct CoreState {
     pub shard: RefCell<Shard<KvMachine>>,
     pub storage: StorageWriter,
     pub transport: PeerTransport,
-    waiters: RefCell<HashMap<(GroupId, Index), Waiter>>,
+    waiters: RefCell<AHashMap<(GroupId, Index), Waiter>>,
     /// When the oldest peer frame with messages not yet taken by a collect arrived (for the
     /// follower-acknowledgement metric).
     received_at: Cell<Option<Instant>>,
@@ -67,7 +68,7 @@ pub struct CoreState {
     images_wanted: RefCell<VecDeque<GroupId>>,
     /// The core's image reader task is running; it drains `images_wanted`.
     image_reader_running: Cell<bool>,
-    reads: RefCell<HashMap<u64, ReadWaiter>>,
+    reads: RefCell<AHashMap<u64, ReadWaiter>>,
     next_read: RefCell<u64>,
     doorbell: LocalSender<()>,
 }
@@ -87,13 +88,13 @@ impl CoreState {
             shard: RefCell::new(shard),
             storage,
             transport,
-            waiters: RefCell::new(HashMap::new()),
+            waiters: RefCell::new(AHashMap::new()),
             received_at: Cell::new(None),
             written_since_release: Cell::new(None),
             written_since_unload: Cell::new(None),
             images_wanted: RefCell::new(VecDeque::new()),
             image_reader_running: Cell::new(false),
-            reads: RefCell::new(HashMap::new()),
+            reads: RefCell::new(AHashMap::new()),
             next_read: RefCell::new(1),
             doorbell,
         };
@@ -706,8 +707,8 @@ fn answer_writes(
     applied: &[(GroupId, Vec<crate::raft::Entry>)],
     completions: Vec<Completion>,
 ) {
-    let mut outcome_at: HashMap<(GroupId, Index), Outcome> =
-        HashMap::with_capacity(completions.len());
+    let mut outcome_at: AHashMap<(GroupId, Index), Outcome> =
+        AHashMap::with_capacity(completions.len());
     for completion in completions {
         outcome_at.insert((completion.group, completion.index), completion.outcome);
     }
