@@ -197,13 +197,20 @@ fn a_healthy_group_keeps_short_logs_and_never_needs_an_image() {
     }
 }
 
-#[test]
-fn a_follower_cut_off_holds_the_leaders_log_and_catches_up_from_it() {
-    let mut trio = Trio::new(CompactionPolicy::new(10_000, 32));
+/// A trio under `policy` that wrote 50 entries, lost its follower `CUT`, and wrote 300 more;
+/// with the last index the cut follower holds.
+fn with_a_follower_cut_off(policy: CompactionPolicy) -> (Trio, Index) {
+    let mut trio = Trio::new(policy);
     trio.write(50);
     let behind = trio.log(CUT).2;
     trio.isolated.insert(CUT);
     trio.write(300);
+    (trio, behind)
+}
+
+#[test]
+fn a_follower_cut_off_holds_the_leaders_log_and_catches_up_from_it() {
+    let (mut trio, behind) = with_a_follower_cut_off(CompactionPolicy::new(10_000, 32));
     // The leader kept every entry the cut follower lacks.
     let (first, _, last) = trio.log(LEADER);
     assert!(
@@ -227,11 +234,7 @@ fn a_follower_cut_off_holds_the_leaders_log_and_catches_up_from_it() {
 
 #[test]
 fn past_the_bound_the_leader_cuts_and_a_follower_behind_needs_an_image() {
-    let mut trio = Trio::new(CompactionPolicy::new(100, 32));
-    trio.write(50);
-    let behind = trio.log(CUT).2;
-    trio.isolated.insert(CUT);
-    trio.write(300);
+    let (mut trio, behind) = with_a_follower_cut_off(CompactionPolicy::new(100, 32));
     let (first, len, _) = trio.log(LEADER);
     assert!(first > behind + 1, "the leader cut past the follower");
     assert!(len <= 100, "leader log {len}");
