@@ -404,6 +404,8 @@ async fn write_batches(
         // order), so this one is as durable as they are, without a sync.
         let mut lanes_sent = Vec::new();
         let mut lanes_sent_at = None;
+        // The written batch, dropped once its answers have left (see `Written::batch`).
+        let mut spent = None;
         if !batch.write.is_empty() {
             let writing = Instant::now();
             if let Some(received) = received {
@@ -429,6 +431,7 @@ async fn write_batches(
                     state.transport.lane_frames_sent(&written.lanes_sent);
                     lanes_sent = written.lanes_sent;
                     fill_fetched(&state, written.fetched);
+                    spent = Some(written.batch);
                 }
                 Err(error) => {
                     // A failed write leaves the log in an unknown state: stop serving rather than
@@ -482,6 +485,7 @@ async fn write_batches(
         });
         in_flight.set(in_flight.get() - 1);
         state.ring();
+        drop(spent);
     }
 }
 

@@ -51,6 +51,11 @@ pub struct Written {
     pub lanes_sent: Vec<(NodeId, usize, usize)>,
     /// When the pool thread was done with them (`None` when it wrote none).
     pub lanes_sent_at: Option<Instant>,
+    /// The batch written, handed back for the reactor to drop. Its entries and values were
+    /// allocated on the reactor: dropped on the pool thread they were hundreds of cross-thread
+    /// frees per batch at 256 clients, made before the completion could reach the reactor.
+    /// The reactor drops them after the answers the write releases have left.
+    pub batch: WriteBatch,
 }
 
 #[derive(Clone)]
@@ -177,6 +182,7 @@ impl StorageWriter {
                     fetched,
                     lanes_sent,
                     lanes_sent_at,
+                    batch,
                 })
             })
             .await
