@@ -51,7 +51,10 @@ impl Trio {
                 heartbeat_ticks: 2,
                 ..Config::default()
             };
-            let config = kahuna::shard::ShardConfig::new(id, peers, raft);
+            let mut config = kahuna::shard::ShardConfig::new(id, peers, raft);
+            // The rules pinned here cut at the written applied index: applies are written as
+            // they happen (deferred applies are tests/shard_deferred_applies.rs's).
+            config.defer = kahuna::shard::DeferPolicy::OFF;
             let mut shard = Shard::new(config, Counter::default());
             let restore = RestoreState {
                 initial_conf: ConfState::new(vec![1, 2, 3], vec![]),

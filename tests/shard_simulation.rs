@@ -18,7 +18,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use bytes::Bytes;
 use kahuna::raft::*;
 use kahuna::shard::{
-    CompactionPolicy, PersistToken, Shard, ShardBatch, ShardConfig, ShardError, StateMachine,
+    CompactionPolicy, DeferPolicy, PersistToken, Shard, ShardBatch, ShardConfig, ShardError,
+    StateMachine,
 };
 use kahuna::storage::{Backend, KvOp, MemoryBackend};
 
@@ -145,7 +146,28 @@ struct Sim {
     hold_dice: Dice,
     hold_chance: f64,
     batches_held: u64,
+    /// How long applies wait to be written (`src/shard/deferred.rs`): off, a few entries or
+    /// ticks, or the node's default (its own generator, as above).
+    defer: DeferPolicy,
 }
+
+/// The deferral policies a seed picks from: a crash loses what waits, a restart applies it
+/// again from the log, and compaction must wait for it.
+const DEFER_POLICIES: [DeferPolicy; 3] = [
+    DeferPolicy::OFF,
+    DeferPolicy {
+        ops_max: 3,
+        bytes_max: 1 << 20,
+        ticks_max: 4,
+        shard_bytes_max: 1 << 20,
+    },
+    DeferPolicy {
+        ops_max: 1024,
+        bytes_max: 512 * 1024,
+        ticks_max: 10,
+        shard_bytes_max: 32 * 1024 * 1024,
+    },
+];
 
 fn raft_config() -> Config {
     Config {
@@ -204,6 +226,7 @@ impl Sim {
             hold_dice: Dice::new(seed ^ 0x401d),
             hold_chance: Dice::new(seed ^ 0x401e).pick(&[0.0, 0.5, 0.9]),
             batches_held: 0,
+            defer: Dice::new(seed ^ 0xdefe).pick(&DEFER_POLICIES),
         };
         for &id in &ids {
             let node = sim.start_node(id, MemoryBackend::in_memory());
@@ -214,14 +237,15 @@ impl Sim {
 
     fn describe(&self) -> String {
         format!(
-            "seed={} nodes={} groups={} loss={} grant={} commit_notice={} hold={}",
+            "seed={} nodes={} groups={} loss={} grant={} commit_notice={} hold={} defer_ops={}",
             self.seed,
             self.nodes.len(),
             self.groups,
             self.loss,
             self.grant_chance,
             self.commit_notice_ticks,
-            self.hold_chance
+            self.hold_chance,
+            self.defer.ops_max
         )
     }
 
@@ -231,7 +255,9 @@ impl Sim {
         raft.seed = self.seed ^ self.now;
         raft.commit_notice_ticks = self.commit_notice_ticks;
         let machine = DigestMachine::new(self.seed ^ self.now ^ id.wrapping_mul(0x51));
-        let mut shard = Shard::new(ShardConfig::new(id, peers, raft), machine);
+        let mut config = ShardConfig::new(id, peers, raft);
+        config.defer = self.defer;
+        let mut shard = Shard::new(config, machine);
         for (&group, conf) in &self.conf {
             if !conf.contains(id) {
                 continue;
@@ -796,6 +822,20 @@ impl Sim {
         let asleep = self.asleep();
         let replicas: usize = self.nodes.values().map(|n| n.shard.group_ids().len()).sum();
         self.debug_dump();
+        // ...with every apply written: deferred applies do not wait forever.
+        for (&id, node) in &self.nodes {
+            for group in node.shard.group_ids() {
+                let (written, applied) = (
+                    node.shard.written_applied(group).unwrap(),
+                    node.shard.applied(group).unwrap(),
+                );
+                if written != applied {
+                    return Err(format!(
+                        "deferred applies: node {id} group {group} wrote {written} of {applied} after a quiet spell"
+                    ));
+                }
+            }
+        }
         if asleep < replicas / 2 {
             return Err(format!(
                 "hibernation: only {asleep} of {replicas} replicas asleep after a quiet spell"
@@ -891,9 +931,12 @@ fn seeds() -> Vec<u64> {
     //   campaigned while the others slept trusting it; 158985378458776511: a sleeping leader
     //   ignored pre-votes from a follower that had lost track of it; 1054718827274966167: a
     //   restarted follower's held entries applied after the core installed a snapshot past them
-    //   looked up their membership below the log start.
+    //   looked up their membership below the log start; 14 and 26: applies deferred below a
+    //   snapshot the core installed were written after it (caught with the discard removed).
     let mut seeds: Vec<u64> = (1..=12).collect();
     seeds.extend([
+        14,
+        26,
         2486311604276037457,
         5495325393129965013,
         158985378458776511,

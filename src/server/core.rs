@@ -445,6 +445,7 @@ async fn write_batches(
                 }
             }
         }
+        let written_applies = batch.token.written().to_vec();
         let after = state.shard.borrow_mut().persisted(batch.token);
         // Peers whose answers the pool thread wrote on their durable-answer lane are done.
         let after: Vec<_> = after
@@ -461,7 +462,7 @@ async fn write_batches(
         for (peer, messages) in after {
             let _ = state.transport.send(peer, messages);
         }
-        mark_written(&state, &batch.restored, &batch.applied);
+        mark_written(&state, &written_applies);
         crate::metrics::stages::completed(state.core, &batch.applied);
         for (_group, context) in batch.dropped_reads {
             if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
@@ -684,23 +685,14 @@ fn start_snapshot_reads(state: &Rc<CoreState>, groups: Vec<GroupId>) {
     .detach();
 }
 
-/// The batch holding these applies (and restored snapshots) is written: the machine may now
-/// read them back from storage instead of keeping them in memory.
-fn mark_written(
-    state: &CoreState,
-    restored: &[(GroupId, Index)],
-    applied: &[(GroupId, Vec<crate::raft::Entry>)],
-) {
+/// The batch holding these applies and restored snapshots (`PersistToken::written`) is
+/// written: the machine may now read them back from storage instead of keeping them in memory.
+/// (Applies deferred by the shard are not among them until a batch writes them.)
+fn mark_written(state: &CoreState, written: &[(GroupId, Index)]) {
     let mut shard = state.shard.borrow_mut();
     let machine = shard.state_machine_mut();
-    for &(group, index) in restored {
+    for &(group, index) in written {
         machine.persisted(group, index);
-    }
-    // The batch holding these applies is written: the machine may read them back from storage.
-    for (group, entries) in applied {
-        if let Some(last) = entries.last() {
-            machine.persisted(*group, last.index);
-        }
     }
 }
 

@@ -3,10 +3,12 @@
 //! interface: the glommio node and the simulator both drive it.
 
 mod compaction;
+mod deferred;
 mod liveness;
 mod scheduler;
 
 pub use compaction::{compaction_point, CompactionPolicy, LogView};
+pub use deferred::DeferPolicy;
 
 pub use liveness::NodeLiveness;
 pub use scheduler::{

@@ -19,6 +19,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 
 use super::compaction::{compaction_point, CompactionPolicy, LogView};
+use super::deferred::{DeferPolicy, Deferred};
 use super::liveness::NodeLiveness;
 use crate::raft::{
     ConfState, Config, Entry, EntryKind, GroupId, Index, Message, MessageBody, NodeId, Raft,
@@ -64,6 +65,8 @@ pub struct ShardConfig {
     pub node_timeout_ticks: u32,
     /// Groups a shard may hold (bounds memory).
     pub groups_max: usize,
+    /// How long applies may wait to be written (see the `deferred` module).
+    pub defer: DeferPolicy,
 }
 
 impl ShardConfig {
@@ -79,6 +82,7 @@ impl ShardConfig {
             node_heartbeat_ticks: heartbeat,
             node_timeout_ticks: election,
             groups_max: 100_000,
+            defer: DeferPolicy::default(),
         }
     }
 }
@@ -110,8 +114,17 @@ struct Slot {
     /// The last entry the state machine applied (the Raft core's `applied` counts held ones).
     applied: Index,
     /// The last applied entry (or installed snapshot) whose batch is written
-    /// (`Shard::persisted`): what storage shows. Invariant: `written_applied <= applied`.
+    /// (`Shard::persisted`): what storage shows. Invariant: `written_applied <= flushed`.
     written_applied: Index,
+    /// The last applied entry (or installed snapshot) handed to a write batch. Invariant:
+    /// `flushed <= applied`, and every apply above it is in `deferred`.
+    flushed: Index,
+    /// Applies not yet handed to storage (see the `deferred` module). Invariant: while `Some`
+    /// the group stays awake (its ticks bound the wait) and is dirty at each tick.
+    deferred: Option<Deferred>,
+    /// A read waits for the written applied index to reach this: applies up to it are written
+    /// at once.
+    flush_through: Index,
 }
 
 /// Whether `raft` is a spare follower now: the commit does not wait for it
@@ -245,6 +258,12 @@ pub struct PersistToken {
 }
 
 impl PersistToken {
+    /// Per group applied or restored in the batch, in collect order: the last index its data
+    /// in storage reaches once the batch is written (what the state machine may read back).
+    pub fn written(&self) -> &[(GroupId, Index)] {
+        &self.applied
+    }
+
     /// The messages that may leave once the batch is durable, by peer (what
     /// [`Shard::persisted`] hands back): the caller may send them itself as soon as the write
     /// is durable, before telling the shard.
@@ -272,6 +291,8 @@ pub struct Shard<S: StateMachine> {
     compactions: Vec<(GroupId, SnapshotMeta)>,
     liveness: NodeLiveness,
     ticks: u64,
+    /// The keys' and values' bytes of every group's `deferred`.
+    deferred_bytes: usize,
     state_machine: S,
 }
 
@@ -286,6 +307,7 @@ impl<S: StateMachine> Shard<S> {
             compactions: Vec::new(),
             liveness,
             ticks: 0,
+            deferred_bytes: 0,
             state_machine,
         }
     }
@@ -327,6 +349,9 @@ impl<S: StateMachine> Shard<S> {
                 held: VecDeque::new(),
                 applied,
                 written_applied: applied,
+                flushed: applied,
+                deferred: None,
+                flush_through: 0,
             },
         );
         self.dirty.insert(group);
@@ -430,11 +455,21 @@ impl<S: StateMachine> Shard<S> {
                 && slot.raft.is_quiescent()
                 && self.liveness.is_live(slot.raft.leader())
             {
+                // Asleep but for its deferred applies: they age (and are written when due),
+                // the election timer does not run.
+                if let Some(deferred) = &mut slot.deferred {
+                    deferred.tick();
+                    self.dirty.insert(group);
+                    continue;
+                }
                 slot.awake = false;
                 self.awake.remove(&group);
                 continue;
             }
             slot.raft.tick();
+            if let Some(deferred) = &mut slot.deferred {
+                deferred.tick();
+            }
             self.dirty.insert(group);
             // Quiet means quiescent: heartbeats alone do not keep a leader awake.
             if slot.raft.is_quiescent() {
@@ -445,6 +480,7 @@ impl<S: StateMachine> Shard<S> {
             if hibernation
                 && slot.raft.is_leader()
                 && slot.held.is_empty()
+                && slot.deferred.is_none()
                 && slot.quiet_ticks >= hibernate_after
                 && slot.raft.is_quiescent()
             {
@@ -606,16 +642,14 @@ impl<S: StateMachine> Shard<S> {
             let Some(slot) = self.groups.get_mut(&group) else {
                 continue;
             };
-            let applied_before = slot.applied;
             let restores_before = batch.restored.len();
             // Entries held at an earlier collect first: what they waited for may have arrived.
+            let flushed_before = slot.flushed;
             if !slot.held.is_empty() {
                 if let Some((apply, entries)) =
                     Self::apply_held(&mut self.state_machine, group, slot)
                 {
-                    let mut write = GroupWrite::new(group);
-                    write.apply = Some(apply);
-                    batch.write.push(write);
+                    self.deferred_bytes += Self::defer(slot, apply);
                     batch.applied.push((group, entries));
                 }
             }
@@ -654,6 +688,11 @@ impl<S: StateMachine> Shard<S> {
                     );
                     slot.held.clear();
                     slot.applied = index;
+                    // The image replaces whatever applies were deferred below it.
+                    if let Some(deferred) = slot.deferred.take() {
+                        self.deferred_bytes -= deferred.bytes();
+                    }
+                    slot.flushed = index;
                     self.state_machine.restored(group, index);
                     batch.restored.push((group, index));
                 }
@@ -668,7 +707,7 @@ impl<S: StateMachine> Shard<S> {
                     if let Some((apply, entries)) =
                         Self::apply_held(&mut self.state_machine, group, slot)
                     {
-                        write.apply = Some(apply);
+                        self.deferred_bytes += Self::defer(slot, apply);
                         batch.applied.push((group, entries));
                     }
                 }
@@ -692,6 +731,9 @@ impl<S: StateMachine> Shard<S> {
                         .or_default()
                         .push(message);
                 }
+                for read in &ready.read_states {
+                    slot.flush_through = slot.flush_through.max(read.index);
+                }
                 batch
                     .read_states
                     .extend(ready.read_states.into_iter().map(|r| (group, r)));
@@ -703,14 +745,42 @@ impl<S: StateMachine> Shard<S> {
                     batch.write.push(write);
                 }
             }
-            if slot.applied != applied_before || batch.restored.len() != restores_before {
-                batch.token.applied.push((group, slot.applied));
+            let flush = slot.deferred.as_ref().is_some_and(|deferred| {
+                self.config.defer.is_off()
+                    || deferred.due(&self.config.defer)
+                    || slot.flush_through > slot.flushed
+                    || self.deferred_bytes > self.config.defer.shard_bytes_max
+            });
+            if flush {
+                let deferred = slot.deferred.take().expect("checked above");
+                self.deferred_bytes -= deferred.bytes();
+                slot.flushed = deferred.index();
+                let mut write = GroupWrite::new(group);
+                write.apply = Some(deferred.into_apply());
+                batch.write.push(write);
+            }
+            // Deferred applies age only while the group ticks.
+            if slot.deferred.is_some() {
+                Self::wake(&mut self.awake, group, slot);
+            }
+            if slot.flushed != flushed_before || batch.restored.len() != restores_before {
+                batch.token.applied.push((group, slot.flushed));
             }
         }
         // A batch of applies alone is written without a sync (see `WriteBatch::needs_sync`):
         // on a node that is most batches, one per commit learnt, on every replica.
         batch.write.sync = sync && batch.write.needs_sync();
         Some(batch)
+    }
+
+    /// Adds `apply` to `slot`'s deferred applies; returns the bytes it added.
+    fn defer(slot: &mut Slot, apply: Apply) -> usize {
+        let before = slot.deferred.as_ref().map_or(0, Deferred::bytes);
+        match &mut slot.deferred {
+            Some(deferred) => deferred.merge(apply),
+            None => slot.deferred = Some(Deferred::new(apply)),
+        }
+        slot.deferred.as_ref().map_or(0, Deferred::bytes) - before
     }
 
     /// Applies `slot`'s held entries in order up to the first the state machine cannot apply

@@ -1,0 +1,247 @@
+//! Owns [`Deferred`]: one group's applies that are computed (the state machine has applied them
+//! in memory) but not yet handed to storage, and [`DeferPolicy`], when they must be.
+//!
+//! Why: every kv write is an insert into the kv family's memtable, a skiplist of the whole
+//! core's recent writes, and an insert at a random key walks its ~20 levels through cache
+//! misses (the largest single cost of a put at saturation, on each of the three replicas). A
+//! group's applies gathered over many batches and written as one, sorted by key and with each
+//! key's last write only, land close together in the skiplist: with the kv family's per-group
+//! insert hint (`storage::rocks`) each insert starts from the previous one's position.
+//!
+//! Why it is safe: applies are not durable state. The log holds every applied entry until the
+//! written applied index passes it (compaction is bounded by it), a restart re-applies from the
+//! stored applied index, and the state machine keeps every key written above what storage shows
+//! in memory (`KvMachine::persisted` is told only what was written). What waits on written
+//! applies asks for them: a read parks until its index is written (the shard flushes the group
+//! at once), and a group does not sleep or unload with applies deferred.
+
+use bytes::Bytes;
+
+use crate::raft::Index;
+use crate::storage::{Apply, KvOp};
+
+/// When a group's deferred applies are written. `ops_max == 0` writes every apply at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeferPolicy {
+    /// Write once this many kv operations are deferred in the group.
+    pub ops_max: usize,
+    /// Write once the deferred operations' keys and values reach this many bytes.
+    pub bytes_max: usize,
+    /// Write once the oldest deferred apply has waited this many ticks.
+    pub ticks_max: u32,
+    /// Across the shard: past this many deferred bytes, every group writes at its next collect.
+    pub shard_bytes_max: usize,
+}
+
+impl DeferPolicy {
+    /// Nothing deferred.
+    pub const OFF: DeferPolicy = DeferPolicy {
+        ops_max: 0,
+        bytes_max: 0,
+        ticks_max: 0,
+        shard_bytes_max: 0,
+    };
+
+    pub fn is_off(&self) -> bool {
+        self.ops_max == 0
+    }
+}
+
+impl Default for DeferPolicy {
+    fn default() -> DeferPolicy {
+        DeferPolicy {
+            ops_max: 1024,
+            bytes_max: 512 * 1024,
+            ticks_max: 10,
+            shard_bytes_max: 32 * 1024 * 1024,
+        }
+    }
+}
+
+/// Applies merged in apply order. Invariant: `apply.index` is the last merged apply's, and
+/// `apply.ops` are every merged apply's operations in apply order; `bytes` is their keys' and
+/// values' size.
+#[derive(Debug)]
+pub struct Deferred {
+    apply: Apply,
+    bytes: usize,
+    /// Ticks since the first merged apply.
+    ticks: u32,
+}
+
+fn op_bytes(op: &KvOp) -> usize {
+    match op {
+        KvOp::Put { key, value } => key.len() + value.len(),
+        KvOp::Delete { key } => key.len(),
+        KvOp::DeleteRange { start, end } => start.len() + end.len(),
+    }
+}
+
+impl Deferred {
+    pub fn new(apply: Apply) -> Deferred {
+        let bytes = apply.ops.iter().map(op_bytes).sum();
+        Deferred {
+            apply,
+            bytes,
+            ticks: 0,
+        }
+    }
+
+    /// Appends `later`, applied after everything here.
+    pub fn merge(&mut self, later: Apply) {
+        assert!(
+            later.index > self.apply.index,
+            "deferred apply at {} merged after {}",
+            later.index,
+            self.apply.index
+        );
+        self.bytes += later.ops.iter().map(op_bytes).sum::<usize>();
+        self.apply.index = later.index;
+        self.apply.term = later.term;
+        // The configuration in force at the last index: the latest change merged.
+        if later.conf_state.is_some() {
+            self.apply.conf_state = later.conf_state;
+        }
+        self.apply.ops.extend(later.ops);
+    }
+
+    pub fn index(&self) -> Index {
+        self.apply.index
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn tick(&mut self) {
+        self.ticks = self.ticks.saturating_add(1);
+    }
+
+    /// Whether the group's own bounds say write now (a configuration change is written at
+    /// once: it is rare, and a restart from storage should know it soon).
+    pub fn due(&self, policy: &DeferPolicy) -> bool {
+        self.apply.ops.len() >= policy.ops_max
+            || self.bytes >= policy.bytes_max
+            || self.ticks >= policy.ticks_max
+            || self.apply.conf_state.is_some()
+    }
+
+    /// The apply to write: the operations sorted by key with each key's last one only, unless
+    /// a range delete is among them (its order against the point operations then matters, and
+    /// they are kept as applied).
+    pub fn into_apply(self) -> Apply {
+        let mut apply = self.apply;
+        apply.ops = sorted_last_writes(apply.ops);
+        apply
+    }
+}
+
+fn point_key(op: &KvOp) -> Option<&Bytes> {
+    match op {
+        KvOp::Put { key, .. } | KvOp::Delete { key } => Some(key),
+        KvOp::DeleteRange { .. } => None,
+    }
+}
+
+/// `ops` in key order, each key's last operation only; `ops` unchanged if any is a range
+/// delete. The final state is the same: operations on different keys commute, and on one key
+/// the last one decides.
+fn sorted_last_writes(mut ops: Vec<KvOp>) -> Vec<KvOp> {
+    if ops.iter().any(|op| point_key(op).is_none()) {
+        return ops;
+    }
+    // Stable: equal keys keep their apply order, so the last of each run is the latest.
+    ops.sort_by(|a, b| point_key(a).cmp(&point_key(b)));
+    let mut out: Vec<KvOp> = Vec::with_capacity(ops.len());
+    for op in ops {
+        match out.last_mut() {
+            Some(last) if point_key(last) == point_key(&op) => *last = op,
+            _ => out.push(op),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(key: &str, value: &str) -> KvOp {
+        KvOp::Put {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            value: Bytes::copy_from_slice(value.as_bytes()),
+        }
+    }
+
+    fn delete(key: &str) -> KvOp {
+        KvOp::Delete {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+        }
+    }
+
+    fn apply(index: Index, ops: Vec<KvOp>) -> Apply {
+        Apply {
+            index,
+            term: 1,
+            conf_state: None,
+            ops,
+        }
+    }
+
+    #[test]
+    fn merged_applies_are_sorted_and_keep_each_keys_last_write() {
+        let mut deferred = Deferred::new(apply(3, vec![put("b", "1"), put("a", "1")]));
+        deferred.merge(apply(4, vec![delete("b"), put("c", "1")]));
+        deferred.merge(apply(5, vec![put("a", "2")]));
+        assert_eq!(deferred.index(), 5);
+        assert_eq!(deferred.bytes(), 2 + 2 + 1 + 2 + 2);
+        let written = deferred.into_apply();
+        assert_eq!(written.index, 5);
+        assert_eq!(written.ops, vec![put("a", "2"), delete("b"), put("c", "1")]);
+    }
+
+    #[test]
+    fn a_range_delete_keeps_the_apply_order() {
+        let range = KvOp::DeleteRange {
+            start: Bytes::from_static(b"a"),
+            end: Bytes::new(),
+        };
+        let mut deferred = Deferred::new(apply(1, vec![put("b", "1")]));
+        deferred.merge(apply(2, vec![range.clone(), put("a", "1")]));
+        assert_eq!(
+            deferred.into_apply().ops,
+            vec![put("b", "1"), range, put("a", "1")]
+        );
+    }
+
+    #[test]
+    fn bounds_make_it_due() {
+        let policy = DeferPolicy {
+            ops_max: 3,
+            bytes_max: 100,
+            ticks_max: 2,
+            shard_bytes_max: 1000,
+        };
+        let mut deferred = Deferred::new(apply(1, vec![put("a", "1")]));
+        assert!(!deferred.due(&policy));
+        deferred.tick();
+        assert!(!deferred.due(&policy));
+        deferred.tick();
+        assert!(deferred.due(&policy));
+        let mut deferred = Deferred::new(apply(1, vec![put("a", "1"), put("b", "1")]));
+        deferred.merge(apply(2, vec![put("c", "1")]));
+        assert!(deferred.due(&policy));
+        let big = "x".repeat(100);
+        assert!(Deferred::new(apply(1, vec![put("a", &big)])).due(&policy));
+        let mut conf = apply(1, vec![]);
+        conf.conf_state = Some(crate::raft::ConfState::default());
+        assert!(Deferred::new(conf).due(&policy));
+    }
+
+    #[test]
+    #[should_panic(expected = "merged after")]
+    fn an_older_apply_cannot_be_merged() {
+        let mut deferred = Deferred::new(apply(5, vec![]));
+        deferred.merge(apply(5, vec![]));
+    }
+}
