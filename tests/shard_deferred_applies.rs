@@ -47,6 +47,8 @@ const LEADER: NodeId = 1;
 struct Written {
     applies: Vec<(Index, Vec<KvOp>)>,
     token: Vec<Index>,
+    /// Per batch with applies: the groups they were of.
+    batches: Vec<Vec<GroupId>>,
 }
 
 /// Three shards of one group, wired by hand; storage is synchronous (a batch is durable when
@@ -59,6 +61,11 @@ struct Trio {
 
 impl Trio {
     fn new(defer: DeferPolicy) -> Trio {
+        Trio::with_groups(defer, &[GROUP])
+    }
+
+    /// `groups` on every node, node 1 leading each.
+    fn with_groups(defer: DeferPolicy, groups: &[GroupId]) -> Trio {
         let mut shards = BTreeMap::new();
         for id in 1..=3 {
             let peers = (1..=3).filter(|&p| p != id).collect();
@@ -70,11 +77,13 @@ impl Trio {
             let mut config = ShardConfig::new(id, peers, raft);
             config.defer = defer;
             let mut shard = Shard::new(config, Writer);
-            let restore = RestoreState {
-                initial_conf: ConfState::new(vec![1, 2, 3], vec![]),
-                ..Default::default()
-            };
-            shard.add_group(GROUP, restore).expect("group starts");
+            for &group in groups {
+                let restore = RestoreState {
+                    initial_conf: ConfState::new(vec![1, 2, 3], vec![]),
+                    ..Default::default()
+                };
+                shard.add_group(group, restore).expect("group starts");
+            }
             shards.insert(id, shard);
         }
         let mut trio = Trio {
@@ -82,17 +91,22 @@ impl Trio {
             written: BTreeMap::new(),
             read_states: Vec::new(),
         };
-        trio.shard(LEADER).raft_mut(GROUP).unwrap().campaign();
+        // All at once: `raft_mut` does not mark a group for the next collect, `add_group` does.
+        for &group in groups {
+            trio.shard(LEADER).raft_mut(group).unwrap().campaign();
+        }
         trio.settle();
-        assert!(trio.shard(LEADER).raft(GROUP).unwrap().is_leader());
-        // The first apply records the group's membership and is written at once.
-        for id in 1..=3 {
-            let shard = trio.shard(id);
-            assert_eq!(
-                shard.written_applied(GROUP),
-                shard.applied(GROUP),
-                "node {id}"
-            );
+        for &group in groups {
+            assert!(trio.shard(LEADER).raft(group).unwrap().is_leader());
+            // The first apply records the group's membership and is written at once.
+            for id in 1..=3 {
+                let shard = trio.shard(id);
+                assert_eq!(
+                    shard.written_applied(group),
+                    shard.applied(group),
+                    "node {id}"
+                );
+            }
         }
         trio.written.clear();
         trio
@@ -118,14 +132,26 @@ impl Trio {
                 while let Some(mut batch) = self.shard(id).collect(true) {
                     worked = true;
                     let written = self.written.entry(id).or_default();
+                    let mut groups = Vec::new();
                     for write in &batch.write.groups {
                         if let Some(apply) = &write.apply {
-                            written.applies.push((apply.index, apply.ops.clone()));
+                            if write.group == GROUP {
+                                written.applies.push((apply.index, apply.ops.clone()));
+                            }
+                            groups.push(write.group);
                         }
                     }
-                    written
-                        .token
-                        .extend(batch.token.written().iter().map(|&(_, index)| index));
+                    if !groups.is_empty() {
+                        written.batches.push(groups);
+                    }
+                    written.token.extend(
+                        batch
+                            .token
+                            .written()
+                            .iter()
+                            .filter(|&&(group, _)| group == GROUP)
+                            .map(|&(_, index)| index),
+                    );
                     for read in &batch.read_states {
                         self.read_states.push((id, read.1.index));
                     }
@@ -143,11 +169,15 @@ impl Trio {
     }
 
     fn propose(&mut self, count: usize) {
+        self.propose_to(GROUP, count);
+        self.settle();
+    }
+
+    fn propose_to(&mut self, group: GroupId, count: usize) {
         for n in 0..count {
             let data = Bytes::from(format!("entry {n}"));
-            self.shard(LEADER).propose(GROUP, data).expect("leader");
+            self.shard(LEADER).propose(group, data).expect("leader");
         }
-        self.settle();
     }
 
     fn tick(&mut self, ids: &[NodeId]) {
@@ -175,6 +205,7 @@ fn policy(ops_max: usize, ticks_max: u32) -> DeferPolicy {
         bytes_max: 1 << 20,
         ticks_max,
         shard_bytes_max: 1 << 30,
+        batch_ops_max: 1 << 30,
     }
 }
 
@@ -325,5 +356,40 @@ fn a_follower_with_waiting_applies_does_not_campaign_under_a_sleeping_leader() {
             "node {id} sleeps once written"
         );
         assert_eq!(trio.shard(id).raft(GROUP).unwrap().term(), term);
+    }
+}
+
+/// Groups that come due together are written over several batches, at most `batch_ops_max`
+/// operations of due applies each (a group whose run alone is larger goes alone).
+#[test]
+fn groups_due_together_are_spread_over_batches() {
+    const OTHER: GroupId = 4;
+    let mut trio = Trio::with_groups(
+        DeferPolicy {
+            batch_ops_max: 3,
+            ..policy(1_000, 2)
+        },
+        &[GROUP, OTHER],
+    );
+    trio.propose_to(GROUP, 2);
+    trio.propose_to(OTHER, 2);
+    trio.settle();
+    trio.tick(&[1, 2, 3]);
+    trio.tick(&[1, 2, 3]);
+    for id in 1..=3 {
+        let shard = trio.shard(id);
+        for group in [GROUP, OTHER] {
+            assert_eq!(
+                shard.written_applied(group),
+                shard.applied(group),
+                "node {id} group {group}"
+            );
+        }
+        // Two operations each: both due on the same tick, written one group per batch.
+        assert_eq!(
+            trio.written[&id].batches,
+            vec![vec![GROUP], vec![OTHER]],
+            "node {id}"
+        );
     }
 }

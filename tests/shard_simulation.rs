@@ -152,7 +152,8 @@ struct Sim {
 }
 
 /// The deferral policies a seed picks from: a crash loses what waits, a restart applies it
-/// again from the log, and compaction must wait for it.
+/// again from the log, and compaction must wait for it; the small one also leaves due groups
+/// for later batches (`batch_ops_max`).
 const DEFER_POLICIES: [DeferPolicy; 3] = [
     DeferPolicy::OFF,
     DeferPolicy {
@@ -160,12 +161,14 @@ const DEFER_POLICIES: [DeferPolicy; 3] = [
         bytes_max: 1 << 20,
         ticks_max: 4,
         shard_bytes_max: 1 << 20,
+        batch_ops_max: 2,
     },
     DeferPolicy {
         ops_max: 1024,
         bytes_max: 512 * 1024,
         ticks_max: 10,
         shard_bytes_max: 32 * 1024 * 1024,
+        batch_ops_max: 1024,
     },
 ];
 

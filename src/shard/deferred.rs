@@ -31,6 +31,11 @@ pub struct DeferPolicy {
     pub ticks_max: u32,
     /// Across the shard: past this many deferred bytes, every group writes at its next collect.
     pub shard_bytes_max: usize,
+    /// Operations one batch writes for groups that are due, at most (a group whose own run is
+    /// larger still goes alone): the groups of a core start deferring together and come due
+    /// on the same tick, and one batch carrying all their runs stalls the core's pipeline
+    /// behind it. Writes that something waits for (a read, a membership change) do not count.
+    pub batch_ops_max: usize,
 }
 
 impl DeferPolicy {
@@ -40,6 +45,7 @@ impl DeferPolicy {
         bytes_max: 0,
         ticks_max: 0,
         shard_bytes_max: 0,
+        batch_ops_max: 0,
     };
 
     pub fn is_off(&self) -> bool {
@@ -54,6 +60,7 @@ impl Default for DeferPolicy {
             bytes_max: 512 * 1024,
             ticks_max: 10,
             shard_bytes_max: 32 * 1024 * 1024,
+            batch_ops_max: 1024,
         }
     }
 }
@@ -117,13 +124,21 @@ impl Deferred {
         self.ticks = self.ticks.saturating_add(1);
     }
 
-    /// Whether the group's own bounds say write now (a configuration change is written at
-    /// once: it is rare, and a restart from storage should know it soon).
+    /// Whether the group's own bounds say write now.
     pub fn due(&self, policy: &DeferPolicy) -> bool {
         self.apply.ops.len() >= policy.ops_max
             || self.bytes >= policy.bytes_max
             || self.ticks >= policy.ticks_max
-            || self.apply.conf_state.is_some()
+    }
+
+    /// A membership change is among the applies: it is written at once (it is rare, and a
+    /// restart from storage should know it soon).
+    pub fn changes_membership(&self) -> bool {
+        self.apply.conf_state.is_some()
+    }
+
+    pub fn ops(&self) -> usize {
+        self.apply.ops.len()
     }
 
     /// The apply to write: the operations sorted by key with each key's last one only, unless
@@ -221,6 +236,7 @@ mod tests {
             bytes_max: 100,
             ticks_max: 2,
             shard_bytes_max: 1000,
+            batch_ops_max: 1000,
         };
         let mut deferred = Deferred::new(apply(1, vec![put("a", "1")]));
         assert!(!deferred.due(&policy));
@@ -234,8 +250,9 @@ mod tests {
         let big = "x".repeat(100);
         assert!(Deferred::new(apply(1, vec![put("a", &big)])).due(&policy));
         let mut conf = apply(1, vec![]);
+        assert!(!Deferred::new(conf.clone()).changes_membership());
         conf.conf_state = Some(crate::raft::ConfState::default());
-        assert!(Deferred::new(conf).due(&policy));
+        assert!(Deferred::new(conf).changes_membership());
     }
 
     #[test]

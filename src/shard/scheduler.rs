@@ -638,6 +638,10 @@ impl<S: StateMachine> Shard<S> {
         }
         let dirty = std::mem::take(&mut self.dirty);
         let spare_window = self.spare_window_ticks();
+        // Due deferred applies this batch writes (`DeferPolicy::batch_ops_max`), and the due
+        // groups left for the next collect.
+        let mut due_ops = 0;
+        let mut left_due = Vec::new();
         for group in dirty {
             let Some(slot) = self.groups.get_mut(&group) else {
                 continue;
@@ -745,11 +749,24 @@ impl<S: StateMachine> Shard<S> {
                     batch.write.push(write);
                 }
             }
+            let policy = &self.config.defer;
             let flush = slot.deferred.as_ref().is_some_and(|deferred| {
-                self.config.defer.is_off()
-                    || deferred.due(&self.config.defer)
-                    || slot.flush_through > slot.flushed
-                    || self.deferred_bytes > self.config.defer.shard_bytes_max
+                let waited_for = policy.is_off()
+                    || deferred.changes_membership()
+                    || slot.flush_through > slot.flushed;
+                let due = deferred.due(policy) || self.deferred_bytes > policy.shard_bytes_max;
+                if waited_for {
+                    true
+                } else if due && (due_ops == 0 || due_ops + deferred.ops() <= policy.batch_ops_max)
+                {
+                    due_ops += deferred.ops();
+                    true
+                } else {
+                    if due {
+                        left_due.push(group);
+                    }
+                    false
+                }
             });
             if flush {
                 let deferred = slot.deferred.take().expect("checked above");
@@ -767,6 +784,7 @@ impl<S: StateMachine> Shard<S> {
                 batch.token.applied.push((group, slot.flushed));
             }
         }
+        self.dirty.extend(left_due);
         // A batch of applies alone is written without a sync (see `WriteBatch::needs_sync`):
         // on a node that is most batches, one per commit learnt, on every replica.
         batch.write.sync = sync && batch.write.needs_sync();
