@@ -8,13 +8,85 @@
 //! `keys_max` holds whenever the writes of one unpersisted window fit in it; a longer window
 //! grows the cache past the bound rather than answer wrongly.
 
+use std::borrow::Borrow;
+use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
 
 use ahash::AHashMap;
-use bytes::Bytes;
 
 use super::value::ValueMeta;
 use crate::raft::Index;
+
+/// Keys up to this many bytes are held inside the table's slot (and the eviction queue's
+/// record) rather than behind a pointer: a probe's key comparison reads the slot's own cache
+/// line instead of a second one elsewhere, and the cache does not keep the entry buffer a key
+/// was decoded from alive (a shared `Bytes` would: ~300 bytes per cached key at 256-byte
+/// values, with a shared reference count touched on every clone and drop).
+const INLINE_KEY_BYTES: usize = 22;
+
+/// A cached key: inline when short (see `INLINE_KEY_BYTES`), else one allocation of its own. Hashes
+/// and compares as its bytes, so the table is probed with a plain `&[u8]`.
+#[derive(Clone)]
+enum CacheKey {
+    /// Invariant: `len <= INLINE_KEY_BYTES`; the bytes past `len` are zero.
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_KEY_BYTES],
+    },
+    /// Shared by the key's slot and its touch records (a clone is a count, not a copy).
+    Heap(Rc<[u8]>),
+}
+
+impl CacheKey {
+    fn new(key: &[u8]) -> CacheKey {
+        if key.len() <= INLINE_KEY_BYTES {
+            let mut bytes = [0; INLINE_KEY_BYTES];
+            bytes[..key.len()].copy_from_slice(key);
+            CacheKey::Inline {
+                len: key.len() as u8,
+                bytes,
+            }
+        } else {
+            CacheKey::Heap(key.into())
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            CacheKey::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            CacheKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl Borrow<[u8]> for CacheKey {
+    fn borrow(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
+/// As `[u8]`'s: `Borrow` requires equal hashes for the key and its borrowed form.
+impl Hash for CacheKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state)
+    }
+}
+
+impl PartialEq for CacheKey {
+    fn eq(&self, other: &CacheKey) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for CacheKey {}
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", bytes::Bytes::copy_from_slice(self.as_slice()))
+    }
+}
 
 #[derive(Debug)]
 struct Slot {
@@ -32,7 +104,7 @@ const STALE_TOUCHES_SLACK: usize = 32;
 
 #[derive(Debug, Default)]
 pub(crate) struct KeyCache {
-    slots: AHashMap<Bytes, Slot>,
+    slots: AHashMap<CacheKey, Slot>,
     /// Every touch, oldest first, as (index, key). A key touched again leaves its earlier record
     /// here, stale (its slot's `touched` is newer); `trim` skips stale records and `insert`
     /// sweeps them out once they outnumber the live ones (plus `STALE_TOUCHES_SLACK`), so the
@@ -43,7 +115,7 @@ pub(crate) struct KeyCache {
     /// of exactly one record; every record's key has a slot (a key's stale records precede
     /// its live one, so `trim` drops them before it can evict the key, and nothing else
     /// removes slots), which is what lets `trim` and the sweep index `slots` by a record's key.
-    by_touch: VecDeque<(Index, Bytes)>,
+    by_touch: VecDeque<(Index, CacheKey)>,
 }
 
 impl KeyCache {
@@ -56,35 +128,40 @@ impl KeyCache {
     }
 
     /// Remembers what storage said about `key` at entry `index`.
-    pub(crate) fn fill(&mut self, key: Bytes, meta: Option<ValueMeta>, index: Index) {
+    pub(crate) fn fill(&mut self, key: &[u8], meta: Option<ValueMeta>, index: Index) {
         self.insert(key, meta, index, 0);
     }
 
     /// Remembers the machine's own write of `key` at entry `index`.
-    pub(crate) fn write(&mut self, key: Bytes, meta: Option<ValueMeta>, index: Index) {
+    pub(crate) fn write(&mut self, key: &[u8], meta: Option<ValueMeta>, index: Index) {
         self.insert(key, meta, index, index);
     }
 
-    fn insert(&mut self, key: Bytes, meta: Option<ValueMeta>, index: Index, written: Index) {
+    fn insert(&mut self, key: &[u8], meta: Option<ValueMeta>, index: Index, written: Index) {
         if let Some(&(newest, _)) = self.by_touch.back() {
             assert!(
                 newest < index,
                 "key cache touched at {index} after a touch at {newest} (entries apply in order)"
             );
         }
-        let written = match self.slots.get(&key) {
-            Some(slot) => written.max(slot.written),
-            None => written,
-        };
-        self.by_touch.push_back((index, key.clone()));
-        self.slots.insert(
-            key,
-            Slot {
-                meta,
-                touched: index,
-                written,
-            },
-        );
+        let key = CacheKey::new(key);
+        // One probe, whether the key is new or touched again.
+        match self.slots.entry(key.clone()) {
+            Entry::Occupied(mut occupied) => {
+                let slot = occupied.get_mut();
+                slot.meta = meta;
+                slot.touched = index;
+                slot.written = written.max(slot.written);
+            }
+            Entry::Vacant(vacant) => {
+                vacant.insert(Slot {
+                    meta,
+                    touched: index,
+                    written,
+                });
+            }
+        }
+        self.by_touch.push_back((index, key));
         if self.by_touch.len() > 2 * self.slots.len() + STALE_TOUCHES_SLACK {
             let slots = &self.slots;
             self.by_touch
@@ -141,9 +218,9 @@ mod tests {
     #[test]
     fn dirty_entries_survive_trimming() {
         let mut cache = KeyCache::default();
-        cache.write(Bytes::from_static(b"a"), meta(1), 1);
-        cache.fill(Bytes::from_static(b"b"), None, 2);
-        cache.write(Bytes::from_static(b"c"), meta(3), 3);
+        cache.write(b"a", meta(1), 1);
+        cache.fill(b"b", None, 2);
+        cache.write(b"c", meta(3), 3);
         cache.trim(1, 0);
         // "a" and "c" are dirty; only "b" may go.
         assert_eq!(cache.len(), 2);
@@ -159,10 +236,10 @@ mod tests {
     #[test]
     fn a_key_touched_again_is_evicted_by_its_latest_touch() {
         let mut cache = KeyCache::default();
-        cache.fill(Bytes::from_static(b"a"), None, 1);
-        cache.fill(Bytes::from_static(b"b"), None, 2);
-        cache.fill(Bytes::from_static(b"a"), meta(3), 3);
-        cache.fill(Bytes::from_static(b"c"), None, 4);
+        cache.fill(b"a", None, 1);
+        cache.fill(b"b", None, 2);
+        cache.fill(b"a", meta(3), 3);
+        cache.fill(b"c", None, 4);
         // "b" is the least recently touched; "a"'s stale record at 1 evicts nothing.
         cache.trim(2, 4);
         assert_eq!(cache.get(b"b"), None);
@@ -176,9 +253,9 @@ mod tests {
     #[test]
     fn dirty_entries_keep_their_place_in_the_eviction_order() {
         let mut cache = KeyCache::default();
-        cache.write(Bytes::from_static(b"a"), meta(1), 1);
-        cache.fill(Bytes::from_static(b"b"), None, 2);
-        cache.fill(Bytes::from_static(b"c"), None, 3);
+        cache.write(b"a", meta(1), 1);
+        cache.fill(b"b", None, 2);
+        cache.fill(b"c", None, 3);
         // "a" is dirty (written at 1, storage shows 0): "b" goes, "a" stays first in line.
         cache.trim(2, 0);
         assert_eq!(cache.get(b"b"), None);
@@ -191,8 +268,8 @@ mod tests {
     fn touches_of_few_keys_keep_the_queue_bounded() {
         let mut cache = KeyCache::default();
         for index in 1..=10_000 {
-            let key = Bytes::from(format!("k{}", index % 3));
-            cache.write(key, meta(index), index);
+            let key = format!("k{}", index % 3);
+            cache.write(key.as_bytes(), meta(index), index);
             assert!(cache.by_touch.len() <= 2 * cache.len() + STALE_TOUCHES_SLACK);
         }
         assert_eq!(cache.len(), 3);
@@ -202,10 +279,56 @@ mod tests {
     }
 
     #[test]
+    fn keys_of_every_length_are_found_by_their_bytes() {
+        let mut cache = KeyCache::default();
+        let keys: Vec<Vec<u8>> = (0..=3 * INLINE_KEY_BYTES)
+            .map(|len| (0..len).map(|i| (i * 7 + len) as u8).collect())
+            .collect();
+        for (index, key) in keys.iter().enumerate() {
+            cache.write(key, meta(index as Index + 1), index as Index + 1);
+        }
+        assert_eq!(cache.len(), keys.len());
+        for (index, key) in keys.iter().enumerate() {
+            assert_eq!(
+                cache.get(key),
+                Some(meta(index as Index + 1)),
+                "key of {} bytes",
+                key.len()
+            );
+        }
+        // A prefix of a key, or the key with a zero byte more, is another key (the bytes of
+        // each key above depend on its length: no key is a prefix of another).
+        let long = &keys[INLINE_KEY_BYTES + 5];
+        assert_eq!(cache.get(&long[..long.len() - 1]), None);
+        let mut padded = keys[3].clone();
+        padded.push(0);
+        assert_eq!(cache.get(&padded), None);
+    }
+
+    /// A key decoded from an entry shares the entry's buffer; the cache keeps its own copy, so
+    /// a cached key does not keep the entry's buffer (its value above all) alive.
+    #[test]
+    fn cached_keys_do_not_hold_the_buffer_they_came_from() {
+        let mut cache = KeyCache::default();
+        let entry = bytes::Bytes::from(vec![b'k'; 300]);
+        for (index, len) in [(1, 16), (3, 100)] {
+            let key = entry.slice(..len);
+            cache.write(&key, meta(index), index);
+            cache.fill(&key, meta(index), index + 1);
+        }
+        assert!(
+            entry.is_unique(),
+            "the cache holds a reference to the entry's buffer"
+        );
+        assert_eq!(cache.get(&[b'k'; 16]), Some(meta(1)));
+        assert_eq!(cache.get(&[b'k'; 100]), Some(meta(3)));
+    }
+
+    #[test]
     #[should_panic(expected = "entries apply in order")]
     fn touches_never_go_back() {
         let mut cache = KeyCache::default();
-        cache.fill(Bytes::from_static(b"a"), None, 5);
-        cache.fill(Bytes::from_static(b"b"), None, 4);
+        cache.fill(b"a", None, 5);
+        cache.fill(b"b", None, 4);
     }
 }

@@ -542,7 +542,7 @@ impl Apply<'_> {
                 if current_revision == expected_revision {
                     self.write(key, value, current)
                 } else {
-                    self.state.cache.fill(key, current, self.index);
+                    self.state.cache.fill(&key, current, self.index);
                     Outcome::RevisionMismatch {
                         current: current_revision,
                     }
@@ -550,14 +550,14 @@ impl Apply<'_> {
             }
             Op::Delete { key } => match current {
                 Some(meta) => {
-                    self.ops.push(KvOp::Delete { key: key.clone() });
-                    self.state.cache.write(key, None, self.index);
+                    self.state.cache.write(&key, None, self.index);
+                    self.ops.push(KvOp::Delete { key });
                     Outcome::Deleted {
                         previous_revision: meta.revision,
                     }
                 }
                 None => {
-                    self.state.cache.fill(key, None, self.index);
+                    self.state.cache.fill(&key, None, self.index);
                     Outcome::NotFound
                 }
             },
@@ -571,11 +571,8 @@ impl Apply<'_> {
             create_revision: current.map_or(self.index, |meta| meta.create_revision),
         };
         let stored = StoredValue { meta, value }.encode();
-        self.ops.push(KvOp::Put {
-            key: key.clone(),
-            value: stored,
-        });
-        self.state.cache.write(key, Some(meta), self.index);
+        self.state.cache.write(&key, Some(meta), self.index);
+        self.ops.push(KvOp::Put { key, value: stored });
         Outcome::Applied {
             revision: self.index,
         }

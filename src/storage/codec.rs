@@ -49,11 +49,16 @@ fn read_u64(bytes: &[u8], at: usize) -> Result<u64, String> {
 
 /// Entry value: term (8 B) + kind (1 B) + data. The index lives in the key.
 pub fn encode_entry(key: &[u8], entry: &Entry) -> Vec<u8> {
-    let mut payload = Vec::with_capacity(9 + entry.data.len());
-    payload.extend_from_slice(&entry.term.to_be_bytes());
-    payload.push(entry.kind as u8);
-    payload.extend_from_slice(&entry.data);
-    seal(key, &payload)
+    // Built in place, the checksum filled in last: one allocation and one copy of the data per
+    // entry (each replica encodes every entry it appends).
+    let mut out = Vec::with_capacity(CHECKSUM_BYTES + 9 + entry.data.len());
+    out.extend_from_slice(&[0; CHECKSUM_BYTES]);
+    out.extend_from_slice(&entry.term.to_be_bytes());
+    out.push(entry.kind as u8);
+    out.extend_from_slice(&entry.data);
+    let sum = checksum(key, &out[CHECKSUM_BYTES..]);
+    out[..CHECKSUM_BYTES].copy_from_slice(&sum.to_be_bytes());
+    out
 }
 
 pub fn decode_entry(key: &[u8], index: Index, value: &[u8]) -> Result<Entry, String> {

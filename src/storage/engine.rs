@@ -41,6 +41,26 @@ impl RawBatch {
         });
     }
 
+    /// About the bytes an engine's own batch format takes for these operations: the keys and
+    /// values, and up to 16 bytes of tags and lengths per operation.
+    pub fn encoded_bytes_hint(&self) -> usize {
+        const PER_OP: usize = 16;
+        const HEADER: usize = 12;
+        HEADER
+            + self
+                .ops
+                .iter()
+                .map(|op| {
+                    PER_OP
+                        + match op {
+                            RawOp::Put { key, value, .. } => key.len() + value.len(),
+                            RawOp::Delete { key, .. } => key.len(),
+                            RawOp::DeleteRange { start, end, .. } => start.len() + end.len(),
+                        }
+                })
+                .sum::<usize>()
+    }
+
     /// Adds a point delete.
     pub fn delete(&mut self, space: Space, key: impl Into<Vec<u8>>) {
         self.ops.push(RawOp::Delete {
