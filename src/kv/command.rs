@@ -20,6 +20,8 @@
 //! the same log differently. The format rules (non-empty, non-reserved key, valid session) never
 //! change within a format, so decoding checks them.
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::errors::CommandError;
@@ -144,6 +146,48 @@ impl Command {
 
     /// Decodes entry data. Key and value share `data`'s buffer (no copy).
     pub fn decode(data: &Bytes) -> Result<Command, CommandError> {
+        let parsed = Parsed::of(data)?;
+        let key = data.slice(parsed.key);
+        let op = match (parsed.operation, parsed.value) {
+            (OPERATION_PUT, Some(value)) => Op::Put {
+                key,
+                value: data.slice(value),
+            },
+            (OPERATION_CAS, Some(value)) => Op::Cas {
+                key,
+                expected_revision: parsed.expected_revision,
+                value: data.slice(value),
+            },
+            _ => Op::Delete { key },
+        };
+        Ok(Command {
+            session: parsed.session,
+            op,
+        })
+    }
+
+    /// The session and key of entry data, borrowed: what a replica looks at before it applies
+    /// (every entry is looked at twice so, once when appended and once before it applies),
+    /// without the reference counting of [`Command::decode`]'s slices. Fails exactly when
+    /// `decode` does.
+    pub fn peek(data: &[u8]) -> Result<(Option<Session>, &[u8]), CommandError> {
+        let parsed = Parsed::of(data)?;
+        Ok((parsed.session, &data[parsed.key]))
+    }
+}
+
+/// Where the fields of a well-formed command lie in its data.
+struct Parsed {
+    session: Option<Session>,
+    operation: u8,
+    expected_revision: Index,
+    key: Range<usize>,
+    /// Put and compare-and-set only.
+    value: Option<Range<usize>>,
+}
+
+impl Parsed {
+    fn of(data: &[u8]) -> Result<Parsed, CommandError> {
         let mut cursor = Cursor { data, position: 0 };
         let format = cursor.u8("format").map_err(|_| CommandError::Empty)?;
         if format != COMMAND_FORMAT_V1 {
@@ -173,24 +217,23 @@ impl Command {
             0
         };
         let key = cursor.length_prefixed("key")?;
-        check_user_key_format(&key)?;
-        let op = match operation {
-            OPERATION_PUT => Op::Put {
-                key,
-                value: cursor.length_prefixed("value")?,
-            },
-            OPERATION_DELETE => Op::Delete { key },
-            _ => Op::Cas {
-                key,
-                expected_revision,
-                value: cursor.length_prefixed("value")?,
-            },
+        check_user_key_format(&data[key.clone()])?;
+        let value = if operation == OPERATION_DELETE {
+            None
+        } else {
+            Some(cursor.length_prefixed("value")?)
         };
         let trailing = data.len() - cursor.position;
         if trailing != 0 {
             return Err(CommandError::TrailingBytes(trailing));
         }
-        Ok(Command { session, op })
+        Ok(Parsed {
+            session,
+            operation,
+            expected_revision,
+            key,
+            value,
+        })
     }
 }
 
@@ -206,7 +249,7 @@ fn check_session(session: Session) -> Result<(), CommandError> {
 
 /// Bounds-checked reads over entry data; every read either succeeds or says what was missing.
 struct Cursor<'a> {
-    data: &'a Bytes,
+    data: &'a [u8],
     position: usize,
 }
 
@@ -236,12 +279,13 @@ impl Cursor<'_> {
         ))
     }
 
-    fn length_prefixed(&mut self, field: &'static str) -> Result<Bytes, CommandError> {
+    /// Where the field lies in the data.
+    fn length_prefixed(&mut self, field: &'static str) -> Result<Range<usize>, CommandError> {
         let length = self.take(field, 4)?;
         let length = u32::from_be_bytes(length.try_into().expect("take returned 4 bytes")) as usize;
         let start = self.position;
         self.take(field, length)?;
-        Ok(self.data.slice(start..start + length))
+        Ok(start..start + length)
     }
 }
 
@@ -281,6 +325,63 @@ mod tests {
                 matches!(error, CommandError::Empty | CommandError::Truncated { .. }),
                 "{length}: {error:?}"
             );
+        }
+    }
+
+    /// `peek` sees the session and key `decode` does, and fails where and as `decode` fails:
+    /// a replica that peeks at an entry and later applies it must judge it the same way.
+    #[test]
+    fn peek_agrees_with_decode() {
+        let commands = [
+            put(b"key", b"value"),
+            Command {
+                session: None,
+                op: Op::Delete {
+                    key: Bytes::from_static(b"gone"),
+                },
+            },
+            Command {
+                session: Some(Session {
+                    client_id: 3,
+                    sequence: 4,
+                }),
+                op: Op::Cas {
+                    key: Bytes::from_static(b"c"),
+                    expected_revision: 12,
+                    value: Bytes::from_static(b"new"),
+                },
+            },
+        ];
+        for command in commands {
+            let bytes = command.encode().unwrap();
+            let (session, key) = Command::peek(&bytes).unwrap();
+            assert_eq!(session, command.session);
+            assert_eq!(key, &command.op.key()[..]);
+            assert_eq!(Command::decode(&bytes).unwrap(), command);
+            // Every truncation, every byte changed, and a byte too many.
+            let mut variants: Vec<Vec<u8>> =
+                (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
+            for at in 0..bytes.len() {
+                for flip in [0x01u8, 0x80, 0xff] {
+                    let mut changed = bytes.to_vec();
+                    changed[at] ^= flip;
+                    variants.push(changed);
+                }
+            }
+            let mut longer = bytes.to_vec();
+            longer.push(0);
+            variants.push(longer);
+            for variant in variants {
+                let decoded = Command::decode(&Bytes::from(variant.clone()));
+                match (Command::peek(&variant), decoded) {
+                    (Ok((session, key)), Ok(decoded)) => {
+                        assert_eq!(session, decoded.session);
+                        assert_eq!(key, &decoded.op.key()[..]);
+                    }
+                    (Err(peeked), Err(decoded)) => assert_eq!(peeked, decoded, "{variant:?}"),
+                    (peeked, decoded) => panic!("{variant:?}: peek {peeked:?}, decode {decoded:?}"),
+                }
+            }
         }
     }
 

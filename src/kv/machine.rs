@@ -187,7 +187,7 @@ impl KvMachine {
     /// touching the key cannot apply (it needs the key and a fetch is out: it is held), so
     /// storage still shows the current value when read; and the fill skips a key the cache
     /// holds by then.
-    pub fn prefetch_hint(&mut self, group: GroupId, key: &Bytes) {
+    pub fn prefetch_hint(&mut self, group: GroupId, key: &[u8]) {
         if self.reader.is_some() {
             return;
         }
@@ -207,8 +207,8 @@ impl KvMachine {
             epoch,
             ..Fetch::default()
         });
-        if fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.contains(key) {
-            fetch.keys.push(key.clone());
+        if fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.iter().any(|queued| queued == key) {
+            fetch.keys.push(Bytes::copy_from_slice(key));
         }
     }
 
@@ -376,8 +376,8 @@ impl StateMachine for KvMachine {
             if entry.kind != EntryKind::Normal || entry.data.is_empty() {
                 continue;
             }
-            if let Ok(command) = Command::decode(&entry.data) {
-                self.prefetch_hint(group, command.op.key());
+            if let Ok((_, key)) = Command::peek(&entry.data) {
+                self.prefetch_hint(group, key);
             }
         }
     }
@@ -390,7 +390,7 @@ impl StateMachine for KvMachine {
             return true;
         }
         // An undecodable command is rejected by `apply` without reading anything.
-        let Ok(command) = Command::decode(&entry.data) else {
+        let Ok((session, key)) = Command::peek(&entry.data) else {
             return true;
         };
         if !self.groups.contains_key(&group) {
@@ -398,9 +398,8 @@ impl StateMachine for KvMachine {
             self.groups.insert(group, state);
         }
         let state = self.groups.get_mut(&group).expect("inserted above");
-        let key = command.op.key();
         let needs_key = state.cache.get(key).is_none() && !state.prefetched.contains_key(key);
-        let needs_sessions = command.session.is_some() && state.sessions.is_none();
+        let needs_sessions = session.is_some() && state.sessions.is_none();
         if !needs_key && !needs_sessions {
             return true;
         }
@@ -413,8 +412,11 @@ impl StateMachine for KvMachine {
             epoch,
             ..Fetch::default()
         });
-        if needs_key && fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.contains(key) {
-            fetch.keys.push(key.clone());
+        if needs_key
+            && fetch.keys.len() < FETCH_KEYS_MAX
+            && !fetch.keys.iter().any(|queued| queued == key)
+        {
+            fetch.keys.push(Bytes::copy_from_slice(key));
         }
         fetch.sessions |= needs_sessions;
         false
