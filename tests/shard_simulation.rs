@@ -163,13 +163,7 @@ const DEFER_POLICIES: [DeferPolicy; 3] = [
         shard_bytes_max: 1 << 20,
         batch_ops_max: 2,
     },
-    DeferPolicy {
-        ops_max: 1024,
-        bytes_max: 512 * 1024,
-        ticks_max: 10,
-        shard_bytes_max: 32 * 1024 * 1024,
-        batch_ops_max: 1024,
-    },
+    DeferPolicy::DEFAULT,
 ];
 
 fn raft_config() -> Config {

@@ -48,6 +48,15 @@ impl DeferPolicy {
         batch_ops_max: 0,
     };
 
+    /// What a node runs with (`Default`); a constant so that tables of policies can name it.
+    pub const DEFAULT: DeferPolicy = DeferPolicy {
+        ops_max: 1024,
+        bytes_max: 512 * 1024,
+        ticks_max: 10,
+        shard_bytes_max: 32 * 1024 * 1024,
+        batch_ops_max: 1024,
+    };
+
     pub fn is_off(&self) -> bool {
         self.ops_max == 0
     }
@@ -55,13 +64,7 @@ impl DeferPolicy {
 
 impl Default for DeferPolicy {
     fn default() -> DeferPolicy {
-        DeferPolicy {
-            ops_max: 1024,
-            bytes_max: 512 * 1024,
-            ticks_max: 10,
-            shard_bytes_max: 32 * 1024 * 1024,
-            batch_ops_max: 1024,
-        }
+        DeferPolicy::DEFAULT
     }
 }
 
