@@ -73,7 +73,11 @@
 //!   alternated pairs: 40,543/37,974, 37,637/36,656, 38,746/38,826 puts/s, p99 14.6-16.0
 //!   against 17.0-18.9 ms, p999 19-26 against 25-33 ms.
 //! - Flushes and compactions at the lowest CPU priority (`lower_background_priority`).
-//! - LZ4 compression (the only codec compiled in).
+//! - LZ4 compression (the only codec compiled in) below L0 only, and none for the log family.
+//!   A flush's table is read once, by the compaction that merges it down and compresses what
+//!   it keeps; compressing it at the flush too costs CPU on the loaded machine for a file
+//!   that lives seconds (as TiKV does: no compression in its top levels). The log family's
+//!   tables hold entries about to be cut, which the next compaction drops: never worth it.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -139,6 +143,16 @@ fn options() -> Options {
     options.set_bytes_per_sync(1 << 20);
     options.set_keep_log_file_num(4);
     options.set_compression_type(DBCompressionType::Lz4);
+    // With dynamic level sizes the first entry is L0 and the second the level L0 merges into.
+    options.set_compression_per_level(&[
+        DBCompressionType::None,
+        DBCompressionType::Lz4,
+        DBCompressionType::Lz4,
+        DBCompressionType::Lz4,
+        DBCompressionType::Lz4,
+        DBCompressionType::Lz4,
+        DBCompressionType::Lz4,
+    ]);
     options.set_level_compaction_dynamic_level_bytes(true);
     // Required by the log's vector memtable (see the module comment); one writer per database.
     options.set_allow_concurrent_memtable_write(false);
@@ -180,6 +194,8 @@ fn family_options(space: Space, database: &Options) -> Options {
     let mut options = database.clone();
     if space == Space::Log {
         options.set_memtable_factory(MemtableFactory::Vector);
+        options.set_compression_type(DBCompressionType::None);
+        options.set_compression_per_level(&[DBCompressionType::None; 7]);
     }
     if space == Space::Sessions {
         // Appends (one record per write command and replica), sorted once at flush; a small
@@ -695,6 +711,53 @@ mod tests {
         assert_eq!(active_entries(&engine, Space::Kv), 0);
         assert_eq!(active_entries(&engine, Space::Sessions), 0);
         assert_eq!(engine.get(Space::Kv, b"key").unwrap().unwrap(), b"value");
+    }
+
+    /// Bytes of `space`'s live table files at L0 and below it.
+    fn table_bytes(engine: &RocksEngine, space: Space) -> (usize, usize) {
+        let files = engine.db.live_files().unwrap();
+        let of_space = files
+            .iter()
+            .filter(|file| file.column_family_name == space.name());
+        of_space.fold((0, 0), |(top, below), file| {
+            if file.level == 0 {
+                (top + file.size, below)
+            } else {
+                (top, below + file.size)
+            }
+        })
+    }
+
+    /// A flush writes its table uncompressed and the compaction below L0 compresses the kv
+    /// family's; the log family's stays uncompressed (see the module comment).
+    #[test]
+    fn only_tables_below_l0_of_the_kv_families_are_compressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut engine = RocksEngine::open(dir.path()).unwrap();
+        let raw = 2000 * 1024;
+        for space in [Space::Kv, Space::Log] {
+            let mut batch = RawBatch::default();
+            for i in 0..2000u64 {
+                batch.put(space, i.to_be_bytes().to_vec(), vec![0x61; 1024]);
+            }
+            engine.write(&batch, false).unwrap();
+            engine.db.flush_cf(engine.family(space).unwrap()).unwrap();
+            let (top, below) = table_bytes(&engine, space);
+            assert!(
+                top > raw && below == 0,
+                "{space:?} flushed to {top} bytes at L0"
+            );
+            let family = engine.family(space).unwrap();
+            engine
+                .db
+                .compact_range_cf(family, None::<&[u8]>, None::<&[u8]>);
+            let (top, below) = table_bytes(&engine, space);
+            assert_eq!(top, 0);
+            match space {
+                Space::Log => assert!(below > raw, "log compacted to {below} bytes"),
+                _ => assert!(below < raw / 4, "kv compacted to {below} bytes"),
+            }
+        }
     }
 
     /// The O_DIRECT probe leaves nothing behind, and what flushes and compactions wrote the
