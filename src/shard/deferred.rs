@@ -49,10 +49,14 @@ impl DeferPolicy {
     };
 
     /// What a node runs with (`Default`); a constant so that tables of policies can name it.
+    /// The age bound (50 ticks, 500 ms at the default tick) sets the run a group gathers at
+    /// most loads (~275 operations at 256 clients over 64 groups, where 10 ticks gathered ~55):
+    /// each run writes one applied record and each session's last record only, so longer runs
+    /// write fewer (README, "deferred applies").
     pub const DEFAULT: DeferPolicy = DeferPolicy {
         ops_max: 1024,
         bytes_max: 512 * 1024,
-        ticks_max: 10,
+        ticks_max: 50,
         shard_bytes_max: 32 * 1024 * 1024,
         batch_ops_max: 1024,
     };
