@@ -198,8 +198,9 @@ fn family_options(space: Space, database: &Options) -> Options {
         options.set_compression_per_level(&[DBCompressionType::None; 7]);
     }
     if space == Space::Sessions {
-        // Appends (one record per write command and replica), sorted once at flush; a small
-        // buffer, so a scan that must read the mutable memtable (a copy and a sort) stays cheap.
+        // Appends (one record per write command and replica), sorted once at flush. A read
+        // of the mutable memtable (a copy and a sort) is kept cheap by `before_reading`, which
+        // flushes it first; its size is set by the atomic flushes (`SESSIONS_WRITE_BUFFER_BYTES`).
         options.set_memtable_factory(MemtableFactory::Vector);
         options.set_write_buffer_size(SESSIONS_WRITE_BUFFER_BYTES);
     }
