@@ -28,6 +28,23 @@ const FETCH_KEYS_MAX: usize = 256;
 /// `KvMachine::persisted`).
 const PREFETCHED_KEYS_MAX: usize = 2 * FETCH_KEYS_MAX;
 
+/// The fetch queued for `group`, begun for its state at `epoch` if none is.
+fn queued_fetch(queued: &mut AHashMap<GroupId, Fetch>, group: GroupId, epoch: u64) -> &mut Fetch {
+    queued.entry(group).or_insert_with(|| Fetch {
+        group,
+        epoch,
+        ..Fetch::default()
+    })
+}
+
+/// Adds `key` to `fetch` unless it is there already or the fetch holds `FETCH_KEYS_MAX` keys
+/// (the rest are asked for by a later fetch).
+fn queue_key(fetch: &mut Fetch, key: &[u8]) {
+    if fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.iter().any(|queued| queued == key) {
+        fetch.keys.push(Bytes::copy_from_slice(key));
+    }
+}
+
 /// Limits of a [`KvMachine`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KvMachineConfig {
@@ -201,15 +218,7 @@ impl KvMachine {
         {
             return;
         }
-        let epoch = state.epoch;
-        let fetch = self.queued.entry(group).or_insert_with(|| Fetch {
-            group,
-            epoch,
-            ..Fetch::default()
-        });
-        if fetch.keys.len() < FETCH_KEYS_MAX && !fetch.keys.iter().any(|queued| queued == key) {
-            fetch.keys.push(Bytes::copy_from_slice(key));
-        }
+        queue_key(queued_fetch(&mut self.queued, group, state.epoch), key);
     }
 
     /// The answer to a fetch. Returns the group, whose held entries may now apply (the caller
@@ -406,17 +415,9 @@ impl StateMachine for KvMachine {
         if state.fetching || state.snapshot_pending.is_some() {
             return false;
         }
-        let epoch = state.epoch;
-        let fetch = self.queued.entry(group).or_insert_with(|| Fetch {
-            group,
-            epoch,
-            ..Fetch::default()
-        });
-        if needs_key
-            && fetch.keys.len() < FETCH_KEYS_MAX
-            && !fetch.keys.iter().any(|queued| queued == key)
-        {
-            fetch.keys.push(Bytes::copy_from_slice(key));
+        let fetch = queued_fetch(&mut self.queued, group, state.epoch);
+        if needs_key {
+            queue_key(fetch, key);
         }
         fetch.sessions |= needs_sessions;
         false
