@@ -10,8 +10,8 @@ use std::path::Path;
 use bytes::Bytes;
 use kahuna::raft::{Entry, EntryKind, HardState};
 use kahuna::storage::{
-    Backend, GroupWrite, RawBatch, RawEngine, RawOp, RocksDbBackend, RocksEngine, Space,
-    WriteBatch, WAL_FILL_BYTE,
+    Backend, GroupWrite, RawBatch, RawEngine, RocksDbBackend, RocksEngine, Space, WriteBatch,
+    WAL_FILL_BYTE,
 };
 
 const PREALLOCATED: usize = 4 << 20;
@@ -124,13 +124,8 @@ fn filler_left_by_a_crash_is_removed_at_the_next_open() {
     let path = dir.path().join("rocks");
     {
         let mut engine = RocksEngine::open(&path).unwrap();
-        let batch = RawBatch {
-            ops: vec![RawOp::Put {
-                space: Space::State,
-                key: filler_key(),
-                value: vec![0; 1024],
-            }],
-        };
+        let mut batch = RawBatch::default();
+        batch.put(Space::State, filler_key(), vec![0; 1024]);
         engine.write(&batch, true).unwrap();
     }
     let engine = RocksEngine::open(&path).unwrap();
@@ -256,13 +251,8 @@ fn put(engine: &mut RocksEngine, key: &str, value_bytes: usize, sync: bool) {
         8,
         "every key is 8 bytes, so every batch has the same overhead"
     );
-    let batch = RawBatch {
-        ops: vec![RawOp::Put {
-            space: Space::Kv,
-            key: key.as_bytes().to_vec(),
-            value: vec![b'v'; value_bytes],
-        }],
-    };
+    let mut batch = RawBatch::default();
+    batch.put(Space::Kv, key.as_bytes(), vec![b'v'; value_bytes]);
     engine.write(&batch, sync).unwrap();
 }
 

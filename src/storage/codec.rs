@@ -3,6 +3,8 @@
 //! the payload: a record copied under the wrong key fails verification too. Pure functions, no
 //! IO; decoders never panic on bad input and report what was wrong.
 
+use std::ops::Range;
+
 use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::raft::{ConfState, Entry, EntryKind, HardState, Index, SnapshotMeta, Term};
@@ -19,6 +21,15 @@ pub fn seal(key: &[u8], payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&checksum(key, payload).to_be_bytes());
     out.extend_from_slice(payload);
     out
+}
+
+/// Appends to `out` what [`seal`] returns for the key at `out[key]`: for encoders that write
+/// a record's key and value into one buffer (a storage batch's), the key first.
+pub fn seal_into(out: &mut Vec<u8>, key: Range<usize>, payload: &[u8]) {
+    let sum = checksum(&out[key], payload);
+    out.reserve(CHECKSUM_BYTES + payload.len());
+    out.extend_from_slice(&sum.to_be_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Verifies a stored value for `key` and returns its payload.
@@ -48,17 +59,18 @@ fn read_u64(bytes: &[u8], at: usize) -> Result<u64, String> {
 }
 
 /// Entry value: term (8 B) + kind (1 B) + data. The index lives in the key.
-pub fn encode_entry(key: &[u8], entry: &Entry) -> Vec<u8> {
-    // Built in place, the checksum filled in last: one allocation and one copy of the data per
-    // entry (each replica encodes every entry it appends).
-    let mut out = Vec::with_capacity(CHECKSUM_BYTES + 9 + entry.data.len());
+/// Appends to `out` the stored record of `entry` for the key at `out[key]` (see
+/// [`seal_into`]): `seal(key, term (8 B BE) + kind (1 B) + data)`. Built in place, the checksum
+/// filled in last: one copy of the entry's data (each replica encodes every entry it appends).
+pub fn encode_entry_into(out: &mut Vec<u8>, key: Range<usize>, entry: &Entry) {
+    let start = out.len();
+    out.reserve(CHECKSUM_BYTES + 9 + entry.data.len());
     out.extend_from_slice(&[0; CHECKSUM_BYTES]);
     out.extend_from_slice(&entry.term.to_be_bytes());
     out.push(entry.kind as u8);
     out.extend_from_slice(&entry.data);
-    let sum = checksum(key, &out[CHECKSUM_BYTES..]);
-    out[..CHECKSUM_BYTES].copy_from_slice(&sum.to_be_bytes());
-    out
+    let sum = crc32c::crc32c_append(crc32c::crc32c(&out[key]), &out[start + CHECKSUM_BYTES..]);
+    out[start..start + CHECKSUM_BYTES].copy_from_slice(&sum.to_be_bytes());
 }
 
 pub fn decode_entry(key: &[u8], index: Index, value: &[u8]) -> Result<Entry, String> {
@@ -75,12 +87,13 @@ pub fn decode_entry(key: &[u8], index: Index, value: &[u8]) -> Result<Entry, Str
     })
 }
 
-pub fn encode_hard_state(key: &[u8], hard_state: &HardState) -> Vec<u8> {
+/// What a hard state record seals.
+pub fn hard_state_payload(hard_state: &HardState) -> [u8; 24] {
     let mut payload = [0u8; 24];
     payload[..8].copy_from_slice(&hard_state.term.to_be_bytes());
     payload[8..16].copy_from_slice(&hard_state.vote.to_be_bytes());
     payload[16..].copy_from_slice(&hard_state.commit.to_be_bytes());
-    seal(key, &payload)
+    payload
 }
 
 pub fn decode_hard_state(key: &[u8], value: &[u8]) -> Result<HardState, String> {
@@ -93,11 +106,12 @@ pub fn decode_hard_state(key: &[u8], value: &[u8]) -> Result<HardState, String> 
 }
 
 /// The applied position: the index and term of the last entry whose effects are in the kv space.
-pub fn encode_applied(key: &[u8], index: Index, term: Term) -> Vec<u8> {
+/// What an applied-index record seals.
+pub fn applied_payload(index: Index, term: Term) -> [u8; 16] {
     let mut payload = [0u8; 16];
     payload[..8].copy_from_slice(&index.to_be_bytes());
     payload[8..].copy_from_slice(&term.to_be_bytes());
-    seal(key, &payload)
+    payload
 }
 
 pub fn decode_applied(key: &[u8], value: &[u8]) -> Result<(Index, Term), String> {
@@ -226,6 +240,12 @@ fn decode_pairs(mut payload: &[u8], visit: &mut dyn FnMut(&[u8], &[u8])) -> Resu
 mod tests {
     use super::*;
 
+    fn encode_entry(key: &[u8], entry: &Entry) -> Vec<u8> {
+        let mut out = key.to_vec();
+        encode_entry_into(&mut out, 0..key.len(), entry);
+        out.split_off(key.len())
+    }
+
     #[test]
     fn entry_round_trips_and_detects_flips() {
         let key = [1u8; 16];
@@ -250,6 +270,37 @@ mod tests {
             "wrong key undetected"
         );
         assert!(decode_entry(&key, 5, &value[..3]).is_err());
+    }
+
+    #[test]
+    fn in_place_encoders_write_what_the_allocating_ones_return() {
+        let key = [7u8; 16];
+        let entry = Entry {
+            index: 9,
+            term: 3,
+            kind: EntryKind::Normal,
+            data: Bytes::from("payload"),
+        };
+        // After unrelated bytes, as in a batch's buffer.
+        let mut out = b"earlier".to_vec();
+        let key_at = out.len()..out.len() + key.len();
+        out.extend_from_slice(&key);
+        let value_at = out.len();
+        encode_entry_into(&mut out, key_at, &entry);
+        let payload = [
+            &3u64.to_be_bytes()[..],
+            &[EntryKind::Normal as u8],
+            b"payload",
+        ]
+        .concat();
+        assert_eq!(&out[value_at..], seal(&key, &payload).as_slice());
+        assert_eq!(decode_entry(&key, 9, &out[value_at..]), Ok(entry));
+        let value_at = out.len();
+        out.extend_from_slice(&key);
+        let key_at = value_at..out.len();
+        seal_into(&mut out, key_at.clone(), b"sealed");
+        assert_eq!(&out[key_at.end..], seal(&key, b"sealed").as_slice());
+        assert_eq!(open(&key, &out[key_at.end..]), Ok(&b"sealed"[..]));
     }
 
     #[test]

@@ -59,10 +59,10 @@ impl MemoryEngine {
 }
 
 fn apply(maps: &mut Maps, batch: &RawBatch) {
-    for op in &batch.ops {
+    for op in batch.ops() {
         match op {
             RawOp::Put { space, key, value } => {
-                maps[space.slot()].insert(key.clone(), value.clone());
+                maps[space.slot()].insert(key.to_vec(), value.to_vec());
             }
             RawOp::Delete { space, key } => {
                 maps[space.slot()].remove(key);

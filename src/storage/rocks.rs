@@ -311,7 +311,7 @@ impl RocksEngine {
         // Sized up front: the batch's buffer would otherwise grow by doubling, copying every
         // record written so far each time (a batch carries tens of kilobytes at load).
         let mut write = rocksdb::WriteBatch::with_capacity_bytes(batch.encoded_bytes_hint());
-        for op in &batch.ops {
+        for op in batch.ops() {
             match op {
                 RawOp::Put { space, key, value } => {
                     write.put_cf(families[space.slot()], key, value)
@@ -688,8 +688,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut engine = RocksEngine::open(dir.path()).unwrap();
         let mut batch = RawBatch::default();
-        batch.put(Space::Kv, b"key".to_vec(), b"value".to_vec());
-        batch.put(Space::Sessions, b"session".to_vec(), b"record".to_vec());
+        batch.put(Space::Kv, b"key", b"value");
+        batch.put(Space::Sessions, b"session", b"record");
         engine.write(&batch, false).unwrap();
         assert_eq!(active_entries(&engine, Space::Kv), 1);
         // Past the log family's 64 MiB write buffer, in 1 MiB batches.
@@ -739,7 +739,7 @@ mod tests {
         for space in [Space::Kv, Space::Log] {
             let mut batch = RawBatch::default();
             for i in 0..2000u64 {
-                batch.put(space, i.to_be_bytes().to_vec(), vec![0x61; 1024]);
+                batch.put(space, i.to_be_bytes(), vec![0x61; 1024]);
             }
             engine.write(&batch, false).unwrap();
             engine.db.flush_cf(engine.family(space).unwrap()).unwrap();
@@ -777,7 +777,7 @@ mod tests {
                 for i in 0..1000u32 {
                     batch.put(
                         Space::Kv,
-                        i.to_be_bytes().to_vec(),
+                        i.to_be_bytes(),
                         vec![round; 100 + i as usize % 300],
                     );
                 }

@@ -142,21 +142,21 @@ impl RawEngine for SqliteEngine {
         let transaction = self
             .connection
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for op in &batch.ops {
+        for op in batch.ops() {
             match op {
                 RawOp::Put { space, key, value } => {
                     transaction
-                        .prepare_cached(sql(*space).put)?
+                        .prepare_cached(sql(space).put)?
                         .execute(params![key, value])?;
                 }
                 RawOp::Delete { space, key } => {
                     transaction
-                        .prepare_cached(sql(*space).delete)?
+                        .prepare_cached(sql(space).delete)?
                         .execute(params![key])?;
                 }
                 RawOp::DeleteRange { space, start, end } => {
                     transaction
-                        .prepare_cached(sql(*space).delete_range)?
+                        .prepare_cached(sql(space).delete_range)?
                         .execute(params![start, end])?;
                 }
             }

@@ -35,7 +35,15 @@ struct GroupCache {
 pub struct Store<E: RawEngine> {
     engine: E,
     cache: AHashMap<GroupId, GroupCache>,
+    /// The engine batch `write` encodes into, kept between writes for its buffers' capacity
+    /// (up to [`SCRATCH_KEEP_BYTES`]); empty between writes.
+    scratch: RawBatch,
 }
+
+/// The bytes of keys and values the reused engine batch keeps room for between writes: a
+/// loaded core's batches carry tens to hundreds of kilobytes; a snapshot install's may carry
+/// megabytes, which are not kept.
+const SCRATCH_KEEP_BYTES: usize = 1 << 20;
 
 impl<E: RawEngine> Store<E> {
     /// A store over `engine` with an empty cache.
@@ -43,6 +51,7 @@ impl<E: RawEngine> Store<E> {
         Store {
             engine,
             cache: AHashMap::new(),
+            scratch: RawBatch::default(),
         }
     }
 
@@ -55,6 +64,30 @@ impl<E: RawEngine> Store<E> {
     /// [`Store::forget_cache`] afterwards.
     pub fn engine_mut(&mut self) -> &mut E {
         &mut self.engine
+    }
+
+    /// `Backend::write` with `raw` (empty) to encode into.
+    fn encode_and_write(&mut self, batch: &WriteBatch, raw: &mut RawBatch) -> Result<()> {
+        debug_assert!(raw.is_empty());
+        let mut updated: AHashMap<GroupId, GroupCache> =
+            AHashMap::with_capacity(batch.groups.len());
+        for write in &batch.groups {
+            if write.group == GROUP_RESERVED {
+                return Err(StorageError::invalid(
+                    write.group,
+                    "group id u64::MAX is reserved",
+                ));
+            }
+            let mut cache = match updated.get(&write.group) {
+                Some(cache) => *cache,
+                None => self.group_cache(write.group)?,
+            };
+            encode_group(write, &mut cache, raw)?;
+            updated.insert(write.group, cache);
+        }
+        self.engine.write(raw, batch.sync)?;
+        self.cache.extend(updated);
+        Ok(())
     }
 
     /// Drops every cached group fact; they are read again on next use.
@@ -224,11 +257,10 @@ fn encode_group(write: &GroupWrite, cache: &mut GroupCache, raw: &mut RawBatch) 
         encode_entries(group, &write.entries, cache, raw)?;
     }
     if let Some(hard_state) = &write.hard_state {
-        let key = keys::state_key(group, StateTag::HardState);
-        raw.put(
+        raw.put_with(
             Space::State,
-            key,
-            codec::encode_hard_state(&key, hard_state),
+            &[&keys::state_key(group, StateTag::HardState)],
+            |out, key| codec::seal_into(out, key, &codec::hard_state_payload(hard_state)),
         );
     }
     if let Some(apply) = &write.apply {
@@ -241,8 +273,11 @@ fn encode_group(write: &GroupWrite, cache: &mut GroupCache, raw: &mut RawBatch) 
 }
 
 fn put_applied(group: GroupId, index: Index, term: Term, raw: &mut RawBatch) {
-    let key = keys::state_key(group, StateTag::Applied);
-    raw.put(Space::State, key, codec::encode_applied(&key, index, term));
+    raw.put_with(
+        Space::State,
+        &[&keys::state_key(group, StateTag::Applied)],
+        |out, key| codec::seal_into(out, key, &codec::applied_payload(index, term)),
+    );
 }
 
 fn put_conf_state(group: GroupId, conf_state: &ConfState, raw: &mut RawBatch) {
@@ -355,8 +390,11 @@ fn encode_entries(
         }
     }
     for entry in entries {
-        let key = keys::log_key(group, entry.index);
-        raw.put(Space::Log, key, codec::encode_entry(&key, entry));
+        raw.put_with(
+            Space::Log,
+            &[&keys::log_key(group, entry.index)],
+            |out, key| codec::encode_entry_into(out, key, entry),
+        );
     }
     cache.last = Some(new_last);
     Ok(())
@@ -380,10 +418,11 @@ fn encode_apply(
     for op in &apply.ops {
         match op {
             KvOp::Put { key, value } => {
-                let space = keys::kv_space(key);
-                let key = keys::kv_key(group, key);
-                let value = codec::seal(&key, value);
-                raw.put(space, key, value);
+                raw.put_with(
+                    keys::kv_space(key),
+                    &[&keys::group_prefix(group), key],
+                    |out, key| codec::seal_into(out, key, value),
+                );
             }
             KvOp::Delete { key } => raw.delete(keys::kv_space(key), keys::kv_key(group, key)),
             KvOp::DeleteRange { start, end } => {
@@ -435,26 +474,11 @@ fn encode_compact(
 
 impl<E: RawEngine> Backend for Store<E> {
     fn write(&mut self, batch: &WriteBatch) -> Result<()> {
-        let mut raw = RawBatch::default();
-        let mut updated: AHashMap<GroupId, GroupCache> =
-            AHashMap::with_capacity(batch.groups.len());
-        for write in &batch.groups {
-            if write.group == GROUP_RESERVED {
-                return Err(StorageError::invalid(
-                    write.group,
-                    "group id u64::MAX is reserved",
-                ));
-            }
-            let mut cache = match updated.get(&write.group) {
-                Some(cache) => *cache,
-                None => self.group_cache(write.group)?,
-            };
-            encode_group(write, &mut cache, &mut raw)?;
-            updated.insert(write.group, cache);
-        }
-        self.engine.write(&raw, batch.sync)?;
-        self.cache.extend(updated);
-        Ok(())
+        let mut raw = std::mem::take(&mut self.scratch);
+        let written = self.encode_and_write(batch, &mut raw);
+        raw.clear(SCRATCH_KEEP_BYTES);
+        self.scratch = raw;
+        written
     }
 
     fn load_group(&mut self, group: GroupId) -> Result<RecoveryState> {
