@@ -105,8 +105,8 @@ pub fn decode_hard_state(key: &[u8], value: &[u8]) -> Result<HardState, String> 
     })
 }
 
-/// The applied position: the index and term of the last entry whose effects are in the kv space.
-/// What an applied-index record seals.
+/// What the applied-position record seals: the index and term of the last entry whose effects
+/// are in the kv space.
 pub fn applied_payload(index: Index, term: Term) -> [u8; 16] {
     let mut payload = [0u8; 16];
     payload[..8].copy_from_slice(&index.to_be_bytes());
