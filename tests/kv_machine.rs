@@ -193,6 +193,10 @@ impl Replica {
                     KvOp::Put { key, value } => {
                         data.insert((group, key.to_vec()), value);
                     }
+                    KvOp::PutJoined { key, head, tail } => {
+                        let value = Bytes::from([head.as_slice(), &tail].concat());
+                        data.insert((group, key.to_vec()), value);
+                    }
                     KvOp::Delete { key } => {
                         data.remove(&(group, key.to_vec()));
                     }

@@ -13,10 +13,10 @@ use super::fetch::{scan_sessions, Fetch, Fetched};
 use super::outcome::{Outcome, Rejection};
 use super::reader::KvReader;
 use super::session::{SessionRecord, SessionTable};
-use super::value::{StoredValue, ValueMeta};
+use super::value::ValueMeta;
 use crate::raft::{Entry, EntryKind, GroupId, Index};
 use crate::shard::StateMachine;
-use crate::storage::KvOp;
+use crate::storage::{KvOp, ValueHead};
 
 /// Default bound on sessions per group.
 pub const SESSIONS_MAX_DEFAULT: usize = 1024;
@@ -573,9 +573,14 @@ impl Apply<'_> {
             revision: self.index,
             create_revision: current.map_or(self.index, |meta| meta.create_revision),
         };
-        let stored = StoredValue { meta, value }.encode();
         self.state.cache.write(&key, Some(meta), self.index);
-        self.ops.push(KvOp::Put { key, value: stored });
+        // The stored value is the header and the user value as the entry holds it: the store
+        // copies both into its batch once (`StoredValue::encode` would copy the value first).
+        self.ops.push(KvOp::PutJoined {
+            key,
+            head: ValueHead::new(&meta.header()),
+            tail: value,
+        });
         Outcome::Applied {
             revision: self.index,
         }

@@ -29,6 +29,8 @@ use crate::raft::Index;
 pub const VALUE_FORMAT_V1: u8 = 1;
 /// Bytes before the user value.
 pub const VALUE_HEADER_BYTES: usize = 18;
+// The machine hands a value to storage as this header and the entry's own bytes.
+const _: () = assert!(VALUE_HEADER_BYTES <= crate::storage::VALUE_HEAD_BYTES_MAX);
 
 const RECORD: &str = "value";
 
@@ -49,22 +51,8 @@ pub struct StoredValue {
 impl StoredValue {
     /// The stored bytes. Panics if the revisions break the invariant (a caller bug).
     pub fn encode(&self) -> Bytes {
-        assert!(
-            self.meta.create_revision >= 1,
-            "create revision {} must be at least 1",
-            self.meta.create_revision
-        );
-        assert!(
-            self.meta.create_revision <= self.meta.revision,
-            "create revision {} above revision {}",
-            self.meta.create_revision,
-            self.meta.revision
-        );
         let mut out = BytesMut::with_capacity(VALUE_HEADER_BYTES + self.value.len());
-        out.put_u8(VALUE_FORMAT_V1);
-        out.put_u8(0);
-        out.put_u64(self.meta.revision);
-        out.put_u64(self.meta.create_revision);
+        out.put_slice(&self.meta.header());
         out.put_slice(&self.value);
         out.freeze()
     }
@@ -80,6 +68,27 @@ impl StoredValue {
 }
 
 impl ValueMeta {
+    /// The stored bytes before the user value (what [`StoredValue::encode`] writes first).
+    /// Panics if the revisions break the invariant (a caller bug).
+    pub fn header(&self) -> [u8; VALUE_HEADER_BYTES] {
+        assert!(
+            self.create_revision >= 1,
+            "create revision {} must be at least 1",
+            self.create_revision
+        );
+        assert!(
+            self.create_revision <= self.revision,
+            "create revision {} above revision {}",
+            self.create_revision,
+            self.revision
+        );
+        let mut header = [0; VALUE_HEADER_BYTES];
+        header[0] = VALUE_FORMAT_V1;
+        header[2..10].copy_from_slice(&self.revision.to_be_bytes());
+        header[10..].copy_from_slice(&self.create_revision.to_be_bytes());
+        header
+    }
+
     /// Decodes only the header of stored bytes (checks it fully).
     pub fn decode(bytes: &[u8]) -> Result<ValueMeta, RecordError> {
         let Some(&format) = bytes.first() else {

@@ -83,17 +83,9 @@ pub struct Deferred {
     ticks: u32,
 }
 
-fn op_bytes(op: &KvOp) -> usize {
-    match op {
-        KvOp::Put { key, value } => key.len() + value.len(),
-        KvOp::Delete { key } => key.len(),
-        KvOp::DeleteRange { start, end } => start.len() + end.len(),
-    }
-}
-
 impl Deferred {
     pub fn new(apply: Apply) -> Deferred {
-        let bytes = apply.ops.iter().map(op_bytes).sum();
+        let bytes = apply.ops.iter().map(KvOp::data_bytes).sum();
         Deferred {
             apply,
             bytes,
@@ -109,7 +101,7 @@ impl Deferred {
             later.index,
             self.apply.index
         );
-        self.bytes += later.ops.iter().map(op_bytes).sum::<usize>();
+        self.bytes += later.ops.iter().map(KvOp::data_bytes).sum::<usize>();
         self.apply.index = later.index;
         self.apply.term = later.term;
         // The configuration in force at the last index: the latest change merged.
@@ -160,7 +152,7 @@ impl Deferred {
 
 fn point_key(op: &KvOp) -> Option<&Bytes> {
     match op {
-        KvOp::Put { key, .. } | KvOp::Delete { key } => Some(key),
+        KvOp::Put { key, .. } | KvOp::PutJoined { key, .. } | KvOp::Delete { key } => Some(key),
         KvOp::DeleteRange { .. } => None,
     }
 }

@@ -121,6 +121,15 @@ pub enum KvOp {
         key: Bytes,
         value: Bytes,
     },
+    /// A put whose value is `head` followed by `tail`: for a value held in a shared buffer (a
+    /// log entry's data) behind a short header of the caller's own, which the store then
+    /// copies once, into its engine batch, instead of the caller joining the two into a new
+    /// buffer first (one allocation and one copy per applied put on every replica).
+    PutJoined {
+        key: Bytes,
+        head: ValueHead,
+        tail: Bytes,
+    },
     Delete {
         key: Bytes,
     },
@@ -129,6 +138,64 @@ pub enum KvOp {
         start: Bytes,
         end: Bytes,
     },
+}
+
+impl KvOp {
+    /// The bytes of the keys and values the operation carries.
+    pub fn data_bytes(&self) -> usize {
+        match self {
+            KvOp::Put { key, value } => key.len() + value.len(),
+            KvOp::PutJoined { key, head, tail } => key.len() + head.len() + tail.len(),
+            KvOp::Delete { key } => key.len(),
+            KvOp::DeleteRange { start, end } => start.len() + end.len(),
+        }
+    }
+}
+
+/// The most bytes a [`ValueHead`] holds.
+pub const VALUE_HEAD_BYTES_MAX: usize = 30;
+
+/// The head of a [`KvOp::PutJoined`] value, held inline.
+/// Invariant: `len <= VALUE_HEAD_BYTES_MAX`; the bytes past `len` are zero.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ValueHead {
+    len: u8,
+    bytes: [u8; VALUE_HEAD_BYTES_MAX],
+}
+
+impl ValueHead {
+    /// Panics past [`VALUE_HEAD_BYTES_MAX`] bytes (a caller bug: heads are fixed formats).
+    pub fn new(head: &[u8]) -> ValueHead {
+        assert!(
+            head.len() <= VALUE_HEAD_BYTES_MAX,
+            "a value head of {} bytes (at most {VALUE_HEAD_BYTES_MAX})",
+            head.len()
+        );
+        let mut bytes = [0; VALUE_HEAD_BYTES_MAX];
+        bytes[..head.len()].copy_from_slice(head);
+        ValueHead {
+            len: head.len() as u8,
+            bytes,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub fn len(&self) -> usize {
+        usize::from(self.len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl std::fmt::Debug for ValueHead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", Bytes::copy_from_slice(self.as_slice()))
+    }
 }
 
 /// A snapshot to install: the meta and the data as produced by

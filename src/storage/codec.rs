@@ -23,13 +23,18 @@ pub fn seal(key: &[u8], payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Appends to `out` what [`seal`] returns for the key at `out[key]`: for encoders that write
-/// a record's key and value into one buffer (a storage batch's), the key first.
-pub fn seal_into(out: &mut Vec<u8>, key: Range<usize>, payload: &[u8]) {
-    let sum = checksum(&out[key], payload);
-    out.reserve(CHECKSUM_BYTES + payload.len());
+/// Appends to `out` what [`seal`] returns for the key at `out[key]` and the payload `parts`
+/// joined: for encoders that write a record's key and value into one buffer (a storage
+/// batch's), the key first.
+pub fn seal_into(out: &mut Vec<u8>, key: Range<usize>, parts: &[&[u8]]) {
+    let sum = parts.iter().fold(crc32c::crc32c(&out[key]), |sum, part| {
+        crc32c::crc32c_append(sum, part)
+    });
+    out.reserve(CHECKSUM_BYTES + parts.iter().map(|part| part.len()).sum::<usize>());
     out.extend_from_slice(&sum.to_be_bytes());
-    out.extend_from_slice(payload);
+    for part in parts {
+        out.extend_from_slice(part);
+    }
 }
 
 /// Verifies a stored value for `key` and returns its payload.
@@ -298,7 +303,7 @@ mod tests {
         let value_at = out.len();
         out.extend_from_slice(&key);
         let key_at = value_at..out.len();
-        seal_into(&mut out, key_at.clone(), b"sealed");
+        seal_into(&mut out, key_at.clone(), &[b"sea", b"", b"led"]);
         assert_eq!(&out[key_at.end..], seal(&key, b"sealed").as_slice());
         assert_eq!(open(&key, &out[key_at.end..]), Ok(&b"sealed"[..]));
     }

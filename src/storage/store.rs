@@ -260,7 +260,7 @@ fn encode_group(write: &GroupWrite, cache: &mut GroupCache, raw: &mut RawBatch) 
         raw.put_with(
             Space::State,
             &[&keys::state_key(group, StateTag::HardState)],
-            |out, key| codec::seal_into(out, key, &codec::hard_state_payload(hard_state)),
+            |out, key| codec::seal_into(out, key, &[&codec::hard_state_payload(hard_state)]),
         );
     }
     if let Some(apply) = &write.apply {
@@ -276,7 +276,7 @@ fn put_applied(group: GroupId, index: Index, term: Term, raw: &mut RawBatch) {
     raw.put_with(
         Space::State,
         &[&keys::state_key(group, StateTag::Applied)],
-        |out, key| codec::seal_into(out, key, &codec::applied_payload(index, term)),
+        |out, key| codec::seal_into(out, key, &[&codec::applied_payload(index, term)]),
     );
 }
 
@@ -421,7 +421,14 @@ fn encode_apply(
                 raw.put_with(
                     keys::kv_space(key),
                     &[&keys::group_prefix(group), key],
-                    |out, key| codec::seal_into(out, key, value),
+                    |out, key| codec::seal_into(out, key, &[value]),
+                );
+            }
+            KvOp::PutJoined { key, head, tail } => {
+                raw.put_with(
+                    keys::kv_space(key),
+                    &[&keys::group_prefix(group), key],
+                    |out, key| codec::seal_into(out, key, &[head.as_slice(), tail]),
                 );
             }
             KvOp::Delete { key } => raw.delete(keys::kv_space(key), keys::kv_key(group, key)),
