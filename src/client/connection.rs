@@ -14,14 +14,16 @@
 //! This module routes nothing: that is the router's job (`router.rs`).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::future::poll_fn;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use super::calls::{Calls, Completion, Ticket};
 use super::timer;
 use crate::proto::client::{decode_response, ClientEncoder, Op, Request, Response};
 use crate::proto::frame::FrameDecoder;
@@ -68,14 +70,6 @@ impl CallError {
     }
 }
 
-/// Calls waiting for an answer, by request id. Invariant: one window slot is taken per entry
-/// (released when its answer arrives or the connection closes), and `closed` is set exactly
-/// once, when the table is drained for good.
-struct Pending {
-    waiting: HashMap<u64, flume::Sender<Response>>,
-    closed: Option<String>,
-}
-
 /// Bytes waiting for the writer thread. Invariant: `buffer` is non-empty only while
 /// `writer_busy` is set (the writer owns the socket's send side until it finds the buffer empty
 /// and clears the flag), so a caller writes directly only when nothing can be ahead of it.
@@ -88,30 +82,25 @@ struct Outbox {
 /// State shared by the callers and the two threads.
 struct Shared {
     addr: String,
-    pending: Mutex<Pending>,
+    /// The calls in flight and the window (see `calls`).
+    calls: Mutex<Calls>,
+    /// Set once, by `close`: read without the lock on every call's way through the router.
+    closed: AtomicBool,
     outbox: Mutex<Outbox>,
     /// Signalled when the writer has work (or the connection closes).
     outbox_ready: Condvar,
+    /// Starts at 1: id 0 is the node's connection-level refusal.
     next_request_id: AtomicU64,
-    /// One token per free window slot.
-    slots: (flume::Sender<()>, flume::Receiver<()>),
     /// A clone of the socket, to shut it down from either side.
     socket: TcpStream,
 }
 
 impl Shared {
     fn close(&self, reason: String) {
-        let drained = {
-            let mut pending = self.pending.lock().expect("pending lock");
-            if pending.closed.is_none() {
-                pending.closed = Some(reason);
-            }
-            std::mem::take(&mut pending.waiting)
-        };
-        // Dropping the senders fails every waiting call with Closed.
-        for _ in drained {
-            let _ = self.slots.0.try_send(());
-        }
+        self.closed.store(true, Ordering::Release);
+        // Every waiting call fails with Closed.
+        let wake = self.calls.lock().expect("calls lock").close(reason);
+        wake.wake();
         let _ = self.socket.shutdown(Shutdown::Both);
         self.outbox.lock().expect("outbox lock").closed = true;
         self.outbox_ready.notify_all();
@@ -166,7 +155,11 @@ impl Shared {
     }
 
     fn close_reason(&self) -> Option<String> {
-        self.pending.lock().expect("pending lock").closed.clone()
+        self.calls
+            .lock()
+            .expect("calls lock")
+            .closed()
+            .map(str::to_owned)
     }
 }
 
@@ -340,16 +333,10 @@ impl Connection {
         };
         let reader_socket = stream.try_clone().map_err(unreachable)?;
         let writer_socket = stream.try_clone().map_err(unreachable)?;
-        let slots = flume::bounded(window);
-        for _ in 0..window {
-            slots.0.try_send(()).expect("capacity is the window");
-        }
         let shared = Arc::new(Shared {
             addr: addr.to_string(),
-            pending: Mutex::new(Pending {
-                waiting: HashMap::new(),
-                closed: None,
-            }),
+            calls: Mutex::new(Calls::new(window)),
+            closed: AtomicBool::new(false),
             outbox: Mutex::new(Outbox {
                 buffer: Vec::new(),
                 writer_busy: false,
@@ -357,7 +344,6 @@ impl Connection {
             }),
             outbox_ready: Condvar::new(),
             next_request_id: AtomicU64::new(1),
-            slots,
             socket: stream,
         });
         let reader_shared = shared.clone();
@@ -385,7 +371,7 @@ impl Connection {
 
     /// The connection is closed for good (the node hung up, a frame was bad, or an IO error).
     pub fn is_closed(&self) -> bool {
-        self.handle.shared.close_reason().is_some()
+        self.handle.shared.closed.load(Ordering::Acquire)
     }
 
     /// Sends `op` and waits for its answer until `deadline` (waiting for a window slot counts).
@@ -406,9 +392,14 @@ impl Connection {
             reason,
             sent,
         };
-        match timer::until(deadline, shared.slots.1.recv_async()).await {
+        let mut call = CallGuard {
+            shared,
+            id: shared.next_request_id.fetch_add(1, Ordering::Relaxed),
+            stage: Stage::Queued(None),
+        };
+        match timer::until(deadline, poll_fn(|cx| call.poll_register(cx))).await {
             Some(Ok(())) => {}
-            Some(Err(_)) => return Err(closed("slots gone".into(), false)),
+            Some(Err(reason)) => return Err(closed(reason, false)),
             None => {
                 return Err(CallError::Timeout {
                     addr: addr(),
@@ -416,25 +407,14 @@ impl Connection {
                 })
             }
         }
+        // Registered before it is sent: the answer may come back before `send_frame` returns.
         let request = Request {
-            request_id: shared.next_request_id.fetch_add(1, Ordering::Relaxed),
+            request_id: call.id,
             client_id,
             sequence,
             cluster_id,
             op,
         };
-        let (answer, answered) = flume::bounded(1);
-        {
-            let mut pending = shared.pending.lock().expect("pending lock");
-            if let Some(reason) = &pending.closed {
-                let reason = reason.clone();
-                drop(pending);
-                let _ = shared.slots.0.try_send(());
-                return Err(closed(reason, false));
-            }
-            pending.waiting.insert(request.request_id, answer);
-        }
-        // Registered before it is sent: the answer may come back before `send_frame` returns.
         let encoded = ENCODER.with(
             |encoder| match encoder.borrow_mut().encode_request(&request) {
                 Ok(frame) => Ok(send_or_cork(shared, frame)),
@@ -443,27 +423,16 @@ impl Connection {
         );
         match encoded {
             Ok(Ok(())) => {}
-            // The connection closed (its reason is in `pending`): answered as Closed below.
+            // The connection closed (its reason is in `calls`): answered as Closed below.
             Ok(Err(_)) => {}
             Err(error) => {
-                let registered = shared
-                    .pending
-                    .lock()
-                    .expect("pending lock")
-                    .waiting
-                    .remove(&request.request_id);
-                if registered.is_some() {
-                    let _ = shared.slots.0.try_send(());
-                }
+                call.unsent();
                 return Err(CallError::Encode(error));
             }
         }
-        match timer::until(deadline, answered.recv_async()).await {
+        match timer::until(deadline, poll_fn(|cx| call.poll_answer(cx))).await {
             Some(Ok(response)) => Ok(response),
-            Some(Err(_)) => Err(closed(
-                shared.close_reason().unwrap_or_else(|| "closed".into()),
-                true,
-            )),
+            Some(Err(reason)) => Err(closed(reason, true)),
             // The slot stays taken until the late answer arrives (or the connection closes):
             // the node is still working on the request.
             None => Err(CallError::Timeout {
@@ -484,6 +453,93 @@ impl Connection {
     ) -> Result<Response, CallError> {
         let deadline = Instant::now() + timeout;
         block_on_uncorked(self.call(op, client_id, sequence, cluster_id, deadline))
+    }
+}
+
+/// Where a call stands in its connection's table (see `calls`).
+enum Stage {
+    /// Waiting for a window slot (the ticket once queued).
+    Queued(Option<Ticket>),
+    /// Holds a slot; sent or about to be.
+    Registered,
+    /// Answered, failed or unregistered: nothing left in the table.
+    Done,
+}
+
+/// One call's hold on its connection's table: its polls go through here, and dropping it (a
+/// deadline passed, or the caller's future was dropped) leaves the table consistent.
+struct CallGuard<'a> {
+    shared: &'a Shared,
+    id: u64,
+    stage: Stage,
+}
+
+impl CallGuard<'_> {
+    fn poll_register(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), String>> {
+        let Stage::Queued(ticket) = &mut self.stage else {
+            unreachable!("registered once");
+        };
+        let polled = self
+            .shared
+            .calls
+            .lock()
+            .expect("calls lock")
+            .poll_register(self.id, ticket, cx);
+        match polled {
+            Poll::Ready(Ok(())) => self.stage = Stage::Registered,
+            Poll::Ready(Err(_)) => self.stage = Stage::Done,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn poll_answer(&mut self, cx: &mut Context<'_>) -> Poll<Result<Response, String>> {
+        debug_assert!(matches!(self.stage, Stage::Registered));
+        let polled = self
+            .shared
+            .calls
+            .lock()
+            .expect("calls lock")
+            .poll_answer(self.id, cx);
+        if polled.is_ready() {
+            self.stage = Stage::Done;
+        }
+        polled
+    }
+
+    /// The request was never sent: its slot is free again.
+    fn unsent(&mut self) {
+        let wake = self
+            .shared
+            .calls
+            .lock()
+            .expect("calls lock")
+            .unregister_unsent(self.id);
+        self.stage = Stage::Done;
+        wake.wake();
+    }
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.stage, Stage::Done) {
+            Stage::Queued(ticket) => {
+                let wake = self
+                    .shared
+                    .calls
+                    .lock()
+                    .expect("calls lock")
+                    .abandon_wait(ticket);
+                wake.wake();
+            }
+            Stage::Registered => self
+                .shared
+                .calls
+                .lock()
+                .expect("calls lock")
+                .abandon_call(self.id),
+            Stage::Done => {}
+        }
     }
 }
 
@@ -539,24 +595,21 @@ fn read_answers(shared: &Shared, mut socket: TcpStream) {
 fn drain_frames(shared: &Shared, decoder: &mut FrameDecoder) -> Result<(), String> {
     while let Some(frame) = decoder.next_frame().map_err(|e| e.to_string())? {
         let response = decode_response(&frame).map_err(|e| format!("bad answer: {e}"))?;
-        let waiter = shared
-            .pending
+        // Request id 0 is never used by a call: the node reports a connection-level refusal
+        // (such as an oversized frame) that way before closing.
+        if response.request_id == 0 {
+            return Err(format!("{:?}: {}", response.error, response.message));
+        }
+        let id = response.request_id;
+        // A caller that gave up has its answer dropped and its slot freed.
+        let (completion, wake) = shared
+            .calls
             .lock()
-            .expect("pending lock")
-            .waiting
-            .remove(&response.request_id);
-        match waiter {
-            Some(waiter) => {
-                // The caller may have given up (timeout): the answer is dropped, the slot freed.
-                let _ = waiter.try_send(response);
-                let _ = shared.slots.0.try_send(());
-            }
-            // Request id 0 is never used by a call: the node reports a connection-level
-            // refusal (such as an oversized frame) that way before closing.
-            None if response.request_id == 0 => {
-                return Err(format!("{:?}: {}", response.error, response.message))
-            }
-            None => return Err(format!("answer to unknown request {}", response.request_id)),
+            .expect("calls lock")
+            .complete(id, response);
+        wake.wake();
+        if completion == Completion::Unknown {
+            return Err(format!("answer to unknown request {id}"));
         }
     }
     Ok(())

@@ -52,6 +52,7 @@
 //! ```
 
 mod blocking;
+mod calls;
 mod config;
 mod connection;
 mod error;

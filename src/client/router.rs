@@ -431,6 +431,16 @@ impl Client {
 
     fn remember_route(&self, partition: Option<u64>, addr: &str) {
         let Some(partition) = partition else { return };
+        // Nearly always known already: a shared lock to see so, the exclusive one to change it.
+        let known = |routes: &Routes| {
+            routes
+                .leaders
+                .get(partition as usize)
+                .is_none_or(|slot| slot.as_deref() == Some(addr))
+        };
+        if known(&self.inner.routes.read().expect("routes lock")) {
+            return;
+        }
         let mut routes = self.inner.routes.write().expect("routes lock");
         if let Some(slot) = routes.leaders.get_mut(partition as usize) {
             if slot.as_deref() != Some(addr) {
@@ -487,12 +497,15 @@ impl Client {
         let per_endpoint = self.inner.config.connections_per_endpoint;
         loop {
             {
+                // Looked up by `&str` (no key allocated per call); a pool is made only by a
+                // connect below.
                 let mut pools = self.inner.pools.lock().expect("pools lock");
-                let pool = pools.entry(addr.to_string()).or_default();
-                pool.connections.retain(|c| !c.is_closed());
-                if pool.connections.len() >= per_endpoint {
-                    pool.next = pool.next.wrapping_add(1);
-                    return Ok(pool.connections[pool.next % pool.connections.len()].clone());
+                if let Some(pool) = pools.get_mut(addr) {
+                    pool.connections.retain(|c| !c.is_closed());
+                    if pool.connections.len() >= per_endpoint {
+                        pool.next = pool.next.wrapping_add(1);
+                        return Ok(pool.connections[pool.next % pool.connections.len()].clone());
+                    }
                 }
             }
             // One connect per endpoint at a time; the others wait and then share it.
