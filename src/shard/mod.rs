@@ -8,7 +8,7 @@ mod liveness;
 mod scheduler;
 
 pub use compaction::{compaction_point, CompactionPolicy, LogView};
-pub use deferred::DeferPolicy;
+pub use deferred::{DeferPolicy, Deferred};
 
 pub use liveness::NodeLiveness;
 pub use scheduler::{
