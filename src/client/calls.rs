@@ -41,7 +41,7 @@ pub(crate) enum Completion {
     Unknown,
 }
 
-/// The table. Invariant (checked by `check` in tests and debug builds):
+/// The table. Invariant (checked by `check` in the tests):
 /// `free_slots + (entries Waiting or Abandoned) == window`; the first `free_slots` callers in
 /// `slot_waiters` have been woken for a slot since they last polled (they are owed those
 /// slots: newcomers queue behind them); after `close`, no entry is Waiting or Abandoned and
@@ -267,7 +267,7 @@ impl Calls {
     }
 
     /// Checks the table's invariant (see the type's comment).
-    #[cfg(any(test, debug_assertions))]
+    #[cfg(test)]
     pub(crate) fn check(&self) {
         let holding = self
             .calls
