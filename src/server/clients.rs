@@ -8,12 +8,13 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::channels::local_channel::{self, LocalReceiver};
 use glommio::net::{TcpListener, TcpStream};
 
+use super::answers::Answers;
 use super::core::{CoreState, ProposeFailure, WriteResult};
 use super::mesh::Router;
 use super::placement::{core_of, group_of, partition_of};
@@ -111,35 +112,43 @@ fn append_response(encoder: &mut ClientEncoder, response: &Response, frames: &mu
 
 async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), String> {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
-    let (responses, outbox): (_, LocalReceiver<Response>) =
-        local_channel::new_bounded(REQUESTS_IN_FLIGHT_MAX);
-    let responses = Rc::new(responses);
-    let in_flight = Rc::new(Cell::new(0usize));
+    let answers = Rc::new(Answers::new());
     // The writer task encodes answers as they complete, in completion order. Answers that are
     // already waiting when it wakes go out in one write: a leader answers a whole batch of
     // writes in one collect, and one send per answer cost a syscall and a TCP segment each (and
-    // the client's reader a wake-up each). It never waits for more to come.
-    let writer_task = glommio::spawn_local(async move {
+    // the client's reader a wake-up each). It never waits for more to come. It runs until the
+    // reader stopped and every admitted request was answered, or the socket fails.
+    let outbox = answers.clone();
+    glommio::spawn_local(async move {
         let mut encoder = ClientEncoder::new();
         let mut frames: Vec<u8> = Vec::new();
-        while let Some(response) = outbox.recv().await {
+        while let Some(response) = outbox.next().await {
             frames.clear();
             append_response(&mut encoder, &response, &mut frames);
             while frames.len() < ANSWER_WRITE_BYTES_MAX {
-                match futures_lite::future::poll_once(outbox.recv()).await {
-                    Some(Some(response)) => append_response(&mut encoder, &response, &mut frames),
-                    Some(None) | None => break,
+                match outbox.try_next() {
+                    Some(response) => append_response(&mut encoder, &response, &mut frames),
+                    None => break,
                 }
             }
             if writer.write_all(&frames).await.is_err() {
-                return;
+                break;
             }
             if frames.capacity() > ANSWER_BUFFER_RETAINED_BYTES_MAX {
                 frames = Vec::new();
             }
         }
+        outbox.writer_done();
     })
     .detach();
+    // However the reader ends, the writer finishes the owed answers and stops.
+    struct ReaderDone(Rc<Answers>);
+    impl Drop for ReaderDone {
+        fn drop(&mut self) {
+            self.0.reader_done();
+        }
+    }
+    let _reader_done = ReaderDone(answers.clone());
     let mut decoder = FrameDecoder::new(CLIENT_FRAME_BYTES_MAX);
     loop {
         let buffer = decoder.read_buffer(64 << 10);
@@ -149,7 +158,6 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
             .map_err(|e| format!("read: {e}"))?;
         decoder.filled(read);
         if read == 0 {
-            drop(writer_task);
             return Ok(());
         }
         loop {
@@ -159,7 +167,7 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
                 Err(error) => {
                     // The request id is in the body, which was not read: answer with id 0
                     // (the connection-level answer), then close.
-                    let _ = responses.try_send(Response::error(
+                    answers.last_word(Response::error(
                         0,
                         ErrorCode::FrameTooLarge,
                         error.to_string(),
@@ -171,7 +179,7 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
                 Ok(request) => request,
                 Err(error) => {
                     if let Some(id) = error.request_id() {
-                        let _ = responses.try_send(Response::error(
+                        answers.last_word(Response::error(
                             id,
                             ErrorCode::Malformed,
                             error.to_string(),
@@ -180,36 +188,130 @@ async fn serve_connection(stream: TcpStream, serving: Serving) -> Result<(), Str
                     return Err(format!("malformed request: {error}"));
                 }
             };
-            if in_flight.get() >= REQUESTS_IN_FLIGHT_MAX {
+            if !answers.admit() {
                 let message = format!(
                     "more than {REQUESTS_IN_FLIGHT_MAX} requests in flight on this connection"
                 );
-                // Waiting for room in the outbox (rather than try_send, which would drop the
-                // answer when the outbox is full) also stops reading this connection until the
-                // writer catches up: backpressure, and every request gets its answer.
+                // Waiting for room for the refusal also stops reading this connection until
+                // the writer catches up: backpressure, and every request gets its answer.
                 let refusal =
                     Response::error(request.request_id, ErrorCode::TooManyInFlight, message);
-                let _ = responses.send(refusal).await;
+                if !answers.refuse(refusal).await {
+                    return Err("the connection cannot be written".into());
+                }
                 continue;
             }
-            in_flight.set(in_flight.get() + 1);
+            let (arrived, op) = (Instant::now(), OpKind::of(&request.op));
+            let Some(request) = write_here(&serving, &answers, request, arrived) else {
+                continue;
+            };
             let serving = serving.clone();
-            let responses = responses.clone();
-            let in_flight = in_flight.clone();
+            let answers = answers.clone();
             glommio::spawn_local(async move {
-                let (arrived, op) = (std::time::Instant::now(), OpKind::of(&request.op));
                 let response = handle(&serving, request).await;
                 metrics::core(serving.core.core).request_done(
                     op,
                     response.error,
                     arrived.elapsed(),
                 );
-                in_flight.set(in_flight.get() - 1);
-                let _ = responses.send(response).await;
+                answers.answer(response);
             })
             .detach();
         }
     }
+}
+
+/// A write to a partition this core owns, proposed without a task: its answer comes from the
+/// core loop when the entry applies (`DirectReply`), or at once when it cannot be proposed.
+/// Returns the request when it is not such a write (reads, scans, status, another core's
+/// partition): those are answered by a task of their own. Puts are most of the traffic, and a
+/// task per put cost an allocation for its future, a reply channel and a timer registration.
+fn write_here(
+    serving: &Serving,
+    answers: &Rc<Answers>,
+    request: Request,
+    arrived: Instant,
+) -> Option<Request> {
+    let (core, view) = (&*serving.core, &*serving.view);
+    let key = match &request.op {
+        Op::Put { key, .. } | Op::Delete { key } | Op::Cas { key, .. } => key.clone(),
+        _ => return Some(request),
+    };
+    let partition = partition_of(&key, view.partitions);
+    if core_of(partition, view.cores) != core.core {
+        return Some(request);
+    }
+    let reply = DirectReply {
+        request_id: request.request_id,
+        op: OpKind::of(&request.op),
+        arrived,
+        core: core.core,
+        answers: answers.clone(),
+    };
+    if let Some(refusal) = refusal(view, &request) {
+        reply.answer(refusal);
+        return None;
+    }
+    let id = request.request_id;
+    let data = match command_for(request.op, request.client_id, request.sequence) {
+        Ok(data) => data,
+        Err(error) => {
+            reply.answer(Response::error(id, ErrorCode::Malformed, error.to_string()));
+            return None;
+        }
+    };
+    if let Err((error, reply)) = core.propose_direct(group_of(partition), data, &key, reply) {
+        reply.answer(failure(view, id, error));
+    }
+    None
+}
+
+/// Where a write proposed by `write_here` is answered: its connection's answers.
+pub struct DirectReply {
+    request_id: u64,
+    op: OpKind,
+    arrived: Instant,
+    core: usize,
+    answers: Rc<Answers>,
+}
+
+impl DirectReply {
+    /// The write applied (or was lost to a change of leader).
+    pub fn deliver(self, result: WriteResult) {
+        let id = self.request_id;
+        let response = match result {
+            WriteResult::Applied(outcome) => response_for(id, outcome),
+            WriteResult::Lost => lost(id),
+        };
+        self.answer(response);
+    }
+
+    /// No answer within `core::WRITE_TIMEOUT`.
+    pub fn time_out(self) {
+        let response = timed_out(self.request_id);
+        self.answer(response);
+    }
+
+    fn answer(self, response: Response) {
+        metrics::core(self.core).request_done(self.op, response.error, self.arrived.elapsed());
+        self.answers.answer(response);
+    }
+}
+
+fn lost(request_id: u64) -> Response {
+    Response::error(
+        request_id,
+        ErrorCode::Unavailable,
+        "leadership changed before the write applied; retry",
+    )
+}
+
+fn timed_out(request_id: u64) -> Response {
+    Response::error(
+        request_id,
+        ErrorCode::Timeout,
+        "no answer in time; the outcome is unknown",
+    )
 }
 
 fn not_leader(view: &ClusterView, request_id: u64, leader: u64) -> Response {
@@ -232,11 +334,7 @@ fn failure(view: &ClusterView, request_id: u64, failure: ProposeFailure) -> Resp
         ),
         ProposeFailure::NotLeader(leader) => not_leader(view, request_id, leader),
         ProposeFailure::Refused(why) => Response::error(request_id, ErrorCode::Unavailable, why),
-        ProposeFailure::Timeout => Response::error(
-            request_id,
-            ErrorCode::Timeout,
-            "no answer in time; the outcome is unknown",
-        ),
+        ProposeFailure::Timeout => timed_out(request_id),
     }
 }
 
@@ -398,11 +496,7 @@ async fn handle_here(core: &CoreState, view: &ClusterView, request: Request) -> 
             };
             match core.propose_and_wait(group, data, &key).await {
                 Ok(WriteResult::Applied(outcome)) => response_for(id, outcome),
-                Ok(WriteResult::Lost) => Response::error(
-                    id,
-                    ErrorCode::Unavailable,
-                    "leadership changed before the write applied; retry",
-                ),
+                Ok(WriteResult::Lost) => lost(id),
                 Err(error) => failure(view, id, error),
             }
         }

@@ -20,6 +20,7 @@ use ahash::AHashMap;
 use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
+use super::clients::DirectReply;
 use super::storage_writer::StorageWriter;
 use crate::kv::{Completion, Fetch, Fetched, KvMachine, Outcome};
 use crate::raft::{GroupId, Index, NodeId, RaftError, Role, Snapshot, Term};
@@ -44,8 +45,32 @@ type ReadWaiter = (GroupId, LocalSender<Option<Index>>);
 
 struct Waiter {
     term: Term,
-    reply: LocalSender<WriteResult>,
+    reply: Reply,
 }
+
+/// Where a proposal's result goes.
+enum Reply {
+    /// A task in `propose_and_wait`, which keeps its own deadline.
+    Task(LocalSender<WriteResult>),
+    /// Straight into a client connection's answers, with no task behind it (see
+    /// `clients::write_here`); its deadline is in `CoreState::deadlines`.
+    Direct(DirectReply),
+}
+
+impl Reply {
+    fn deliver(self, result: WriteResult) {
+        match self {
+            // A task that gave up (timed out) dropped its receiver: nothing to tell it.
+            Reply::Task(sender) => {
+                let _ = sender.try_send(result);
+            }
+            Reply::Direct(reply) => reply.deliver(result),
+        }
+    }
+}
+
+/// When a direct waiter at `index` (proposed in `term`) times out.
+type Deadline = (Instant, Index, Term);
 
 /// What a core shares with its client handlers.
 pub struct CoreState {
@@ -55,6 +80,12 @@ pub struct CoreState {
     pub storage: StorageWriter,
     pub transport: PeerTransport,
     waiters: RefCell<AHashMap<(GroupId, Index), Waiter>>,
+    /// The direct waiters' deadlines, per group in proposal order (so in deadline order:
+    /// `WRITE_TIMEOUT` is one constant). A record outlives its waiter (answered when its entry
+    /// applied) until the sweep reaches it; a group applies in index order, so the records
+    /// ahead of a live waiter are its own group's live ones, and a group's queue stays about
+    /// as long as its waiters (groups whose queue empties are removed).
+    deadlines: RefCell<AHashMap<GroupId, VecDeque<Deadline>>>,
     /// When the oldest peer frame with messages not yet taken by a collect arrived (for the
     /// follower-acknowledgement metric).
     received_at: Cell<Option<Instant>>,
@@ -89,6 +120,7 @@ impl CoreState {
             storage,
             transport,
             waiters: RefCell::new(AHashMap::new()),
+            deadlines: RefCell::new(AHashMap::new()),
             received_at: Cell::new(None),
             written_since_release: Cell::new(None),
             written_since_unload: Cell::new(None),
@@ -122,6 +154,57 @@ impl CoreState {
         data: Bytes,
         key: &Bytes,
     ) -> Result<WriteResult, ProposeFailure> {
+        let (index, term) = self.propose(group, data, key)?;
+        let (sender, receiver) = local_channel::new_bounded(1);
+        self.wait_for(group, index, term, Reply::Task(sender));
+        let result =
+            glommio::timer::timeout(WRITE_TIMEOUT, async { Ok(receiver.recv().await) }).await;
+        // Still there only if it timed out (an answer removes it); a waiter of a later term at
+        // the same index is another proposal's.
+        let mut waiters = self.waiters.borrow_mut();
+        if waiters.get(&(group, index)).is_some_and(|w| w.term == term) {
+            waiters.remove(&(group, index));
+        }
+        drop(waiters);
+        match result {
+            Ok(Some(result)) => Ok(result),
+            Ok(None) => Err(ProposeFailure::Refused("core stopped".into())),
+            Err(_) => Err(ProposeFailure::Timeout),
+        }
+    }
+
+    /// [`CoreState::propose_and_wait`] without a task: `reply` is handed the result when the
+    /// entry applies, or a timeout after `WRITE_TIMEOUT` (the loop's tick sweeps the deadlines).
+    /// Nothing is allocated per write here beyond the waiter's slot and its deadline record.
+    /// A proposal refused gives `reply` back with the reason.
+    pub fn propose_direct(
+        &self,
+        group: GroupId,
+        data: Bytes,
+        key: &Bytes,
+        reply: DirectReply,
+    ) -> Result<(), (ProposeFailure, DirectReply)> {
+        let (index, term) = match self.propose(group, data, key) {
+            Ok(proposed) => proposed,
+            Err(failure) => return Err((failure, reply)),
+        };
+        self.wait_for(group, index, term, Reply::Direct(reply));
+        self.deadlines
+            .borrow_mut()
+            .entry(group)
+            .or_default()
+            .push_back((Instant::now() + WRITE_TIMEOUT, index, term));
+        Ok(())
+    }
+
+    /// Proposes `data` to `group` if this replica leads it; `key`'s stored revision is read
+    /// while the entry replicates.
+    fn propose(
+        &self,
+        group: GroupId,
+        data: Bytes,
+        key: &Bytes,
+    ) -> Result<(Index, Term), ProposeFailure> {
         let (index, term) = {
             let mut shard = self.shard.borrow_mut();
             let raft = shard.raft(group).ok_or(ProposeFailure::UnknownGroup)?;
@@ -135,22 +218,54 @@ impl CoreState {
             proposed
         };
         crate::metrics::stages::proposed(self.core, group, index);
-        let (sender, receiver) = local_channel::new_bounded(1);
-        self.waiters.borrow_mut().insert(
-            (group, index),
-            Waiter {
-                term,
-                reply: sender,
-            },
-        );
+        Ok((index, term))
+    }
+
+    /// Registers the waiter for the entry proposed at `index` in `term` and wakes the loop.
+    /// A waiter already at that index belongs to an entry of an earlier term, which a new
+    /// leader's log replaced: its write was lost.
+    fn wait_for(&self, group: GroupId, index: Index, term: Term, reply: Reply) {
+        let replaced = self
+            .waiters
+            .borrow_mut()
+            .insert((group, index), Waiter { term, reply });
+        if let Some(replaced) = replaced {
+            assert!(
+                replaced.term < term,
+                "two proposals at one index in one term"
+            );
+            replaced.reply.deliver(WriteResult::Lost);
+        }
         self.ring();
-        let result =
-            glommio::timer::timeout(WRITE_TIMEOUT, async { Ok(receiver.recv().await) }).await;
-        self.waiters.borrow_mut().remove(&(group, index));
-        match result {
-            Ok(Some(result)) => Ok(result),
-            Ok(None) => Err(ProposeFailure::Refused("core stopped".into())),
-            Err(_) => Err(ProposeFailure::Timeout),
+    }
+
+    /// Answers Timeout to the direct waiters whose deadline passed, and drops the deadline
+    /// records of waiters already answered.
+    fn expire_direct_waiters(&self, now: Instant) {
+        let mut expired = Vec::new();
+        {
+            let mut deadlines = self.deadlines.borrow_mut();
+            let mut waiters = self.waiters.borrow_mut();
+            deadlines.retain(|&group, queue| {
+                while let Some(&(deadline, index, term)) = queue.front() {
+                    let live = waiters
+                        .get(&(group, index))
+                        .is_some_and(|w| w.term == term && matches!(w.reply, Reply::Direct(_)));
+                    if live && deadline > now {
+                        break;
+                    }
+                    queue.pop_front();
+                    if live {
+                        expired.extend(waiters.remove(&(group, index)));
+                    }
+                }
+                !queue.is_empty()
+            });
+        }
+        for waiter in expired {
+            if let Reply::Direct(reply) = waiter.reply {
+                reply.time_out();
+            }
         }
     }
 
@@ -251,6 +366,7 @@ pub async fn run_loop(state: Rc<CoreState>, ring: LocalReceiver<()>, settings: L
         if now >= next_tick {
             next_tick = now + tick;
             crate::metrics::core(state.core).publish_peer(&state.transport.stats());
+            state.expire_direct_waiters(now);
             let heartbeat_to = state.shard.borrow_mut().tick();
             state
                 .transport
@@ -722,7 +838,7 @@ fn answer_writes(
             } else {
                 WriteResult::Lost
             };
-            let _ = waiter.reply.try_send(result);
+            waiter.reply.deliver(result);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! (shard + storage writer + peer transport on one glommio executor) and the client port.
 
 pub mod allocator;
+mod answers;
 pub mod clients;
 pub mod config;
 pub mod core;
