@@ -197,6 +197,10 @@ impl Replica {
                         let value = Bytes::from([head.as_slice(), &tail].concat());
                         data.insert((group, key.to_vec()), value);
                     }
+                    KvOp::PutInline { key, value } => {
+                        let value = Bytes::copy_from_slice(value.as_slice());
+                        data.insert((group, key.as_slice().to_vec()), value);
+                    }
                     KvOp::Delete { key } => {
                         data.remove(&(group, key.to_vec()));
                     }

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use kahuna::kv::{session_key, SESSIONS_END, SESSIONS_START, USER_KEYS_START};
 use kahuna::raft::{ConfState, Entry, EntryKind, GroupId, HardState, Index, SnapshotMeta};
 use kahuna::storage::{
-    log_key, state_key, Apply, Backend, GroupWrite, KvOp, MemoryBackend, RocksDbBackend,
-    SnapshotInstall, Space, SqliteBackend, StateTag, StorageError, ValueHead, WriteBatch,
+    log_key, state_key, Apply, Backend, GroupWrite, InlineBytes, KvOp, MemoryBackend,
+    RocksDbBackend, SnapshotInstall, Space, SqliteBackend, StateTag, StorageError, WriteBatch,
 };
 use tempfile::TempDir;
 
@@ -831,7 +831,7 @@ fn joined_puts_store_head_then_tail(kind: Kind) {
     let mut h = Harness::new(kind);
     let joined = |key: &str, head: &str, tail: &str| KvOp::PutJoined {
         key: Bytes::copy_from_slice(key.as_bytes()),
-        head: ValueHead::new(head.as_bytes()),
+        head: InlineBytes::new(head.as_bytes()),
         tail: Bytes::copy_from_slice(tail.as_bytes()),
     };
     h.write(vec![

@@ -16,7 +16,7 @@ use super::session::{SessionRecord, SessionTable};
 use super::value::ValueMeta;
 use crate::raft::{Entry, EntryKind, GroupId, Index};
 use crate::shard::StateMachine;
-use crate::storage::{KvOp, ValueHead};
+use crate::storage::{InlineBytes, KvOp};
 
 /// Default bound on sessions per group.
 pub const SESSIONS_MAX_DEFAULT: usize = 1024;
@@ -578,7 +578,7 @@ impl Apply<'_> {
         // copies both into its batch once (`StoredValue::encode` would copy the value first).
         self.ops.push(KvOp::PutJoined {
             key,
-            head: ValueHead::new(&meta.header()),
+            head: InlineBytes::new(&meta.header()),
             tail: value,
         });
         Outcome::Applied {

@@ -16,13 +16,13 @@
 use std::collections::VecDeque;
 
 use ahash::AHashMap;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::errors::RecordError;
 use super::keys::{session_client, session_key};
 use super::outcome::{Outcome, OUTCOME_BYTES};
 use crate::raft::Index;
-use crate::storage::KvOp;
+use crate::storage::{InlineBytes, KvOp};
 
 const SESSION_FORMAT_V1: u8 = 1;
 const RECORD: &str = "session";
@@ -42,12 +42,17 @@ pub struct SessionRecord {
 
 impl SessionRecord {
     pub fn encode(&self) -> Bytes {
-        let mut out = BytesMut::with_capacity(SESSION_RECORD_BYTES);
-        out.put_u8(SESSION_FORMAT_V1);
-        out.put_u64(self.sequence);
-        out.put_u64(self.last_index);
-        out.put_slice(&self.outcome.encode());
-        out.freeze()
+        Bytes::copy_from_slice(&self.encode_array())
+    }
+
+    /// [`SessionRecord::encode`] into an array (no allocation).
+    pub fn encode_array(&self) -> [u8; SESSION_RECORD_BYTES] {
+        let mut out = [0u8; SESSION_RECORD_BYTES];
+        out[0] = SESSION_FORMAT_V1;
+        out[1..9].copy_from_slice(&self.sequence.to_be_bytes());
+        out[9..17].copy_from_slice(&self.last_index.to_be_bytes());
+        out[17..].copy_from_slice(&self.outcome.encode());
+        out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<SessionRecord, RecordError> {
@@ -180,10 +185,7 @@ impl SessionTable {
         }
         self.by_age.push_back((record.last_index, client));
         self.by_client.insert(client, record);
-        ops.push(KvOp::Put {
-            key: Bytes::copy_from_slice(&session_key(client)),
-            value: record.encode(),
-        });
+        ops.push(session_put(client, &record));
         if self.by_age.len() > 2 * self.by_client.len() + STALE_AGES_SLACK {
             let by_client = &self.by_client;
             self.by_age
@@ -204,6 +206,14 @@ impl SessionTable {
             .filter(|&&(index, client)| self.is_live(index, client))
             .map(|&(_, client)| client)
             .collect()
+    }
+}
+
+/// The write of `client`'s session record, held inline (no allocation).
+fn session_put(client: u64, record: &SessionRecord) -> KvOp {
+    KvOp::PutInline {
+        key: InlineBytes::new(&session_key(client)),
+        value: InlineBytes::new(&record.encode_array()),
     }
 }
 
@@ -291,10 +301,7 @@ mod tests {
             }
             self.by_age.insert(record.last_index, client);
             self.by_client.insert(client, record);
-            ops.push(KvOp::Put {
-                key: Bytes::copy_from_slice(&session_key(client)),
-                value: record.encode(),
-            });
+            ops.push(session_put(client, &record));
         }
     }
 

@@ -30,7 +30,7 @@ pub const VALUE_FORMAT_V1: u8 = 1;
 /// Bytes before the user value.
 pub const VALUE_HEADER_BYTES: usize = 18;
 // The machine hands a value to storage as this header and the entry's own bytes.
-const _: () = assert!(VALUE_HEADER_BYTES <= crate::storage::VALUE_HEAD_BYTES_MAX);
+const _: () = assert!(VALUE_HEADER_BYTES <= crate::storage::INLINE_BYTES_MAX);
 
 const RECORD: &str = "value";
 

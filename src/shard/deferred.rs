@@ -15,8 +15,6 @@
 //! applies asks for them: a read parks until its index is written (the shard flushes the group
 //! at once), and a group does not sleep or unload with applies deferred.
 
-use bytes::Bytes;
-
 use crate::raft::Index;
 use crate::storage::{Apply, KvOp};
 
@@ -150,9 +148,10 @@ impl Deferred {
     }
 }
 
-fn point_key(op: &KvOp) -> Option<&Bytes> {
+fn point_key(op: &KvOp) -> Option<&[u8]> {
     match op {
         KvOp::Put { key, .. } | KvOp::PutJoined { key, .. } | KvOp::Delete { key } => Some(key),
+        KvOp::PutInline { key, .. } => Some(key.as_slice()),
         KvOp::DeleteRange { .. } => None,
     }
 }
@@ -246,6 +245,7 @@ impl SortRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn put(key: &str, value: &str) -> KvOp {
         KvOp::Put {

@@ -31,7 +31,7 @@ mod wal_size;
 
 pub use backend::{Backend, ConcurrentKvReader, RecoveryState};
 pub use batch::{
-    Apply, GroupWrite, KvOp, SnapshotInstall, ValueHead, WriteBatch, VALUE_HEAD_BYTES_MAX,
+    Apply, GroupWrite, InlineBytes, KvOp, SnapshotInstall, WriteBatch, INLINE_BYTES_MAX,
 };
 pub use codec::decode_frames as decode_snapshot_data;
 pub use datadir::{DataDir, Engine, CORES_MAX, FORMAT_VERSION, METADATA_FILE};

@@ -431,6 +431,14 @@ fn encode_apply(
                     |out, key| codec::seal_into(out, key, &[head.as_slice(), tail]),
                 );
             }
+            KvOp::PutInline { key, value } => {
+                let key = key.as_slice();
+                raw.put_with(
+                    keys::kv_space(key),
+                    &[&keys::group_prefix(group), key],
+                    |out, key| codec::seal_into(out, key, &[value.as_slice()]),
+                );
+            }
             KvOp::Delete { key } => raw.delete(keys::kv_space(key), keys::kv_key(group, key)),
             KvOp::DeleteRange { start, end } => {
                 for (space, start, end) in kv_segments(group, start, end) {
