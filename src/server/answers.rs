@@ -11,7 +11,7 @@
 //! therefore never finds the queue full and never waits, which is what lets the core loop
 //! deliver answers synchronously.
 
-use std::cell::RefCell;
+use std::cell::{RefCell, RefMut};
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
@@ -84,10 +84,7 @@ impl Answers {
             return;
         }
         inner.queue.push_back((response, Owed::Request));
-        if let Some(writer) = inner.writer.take() {
-            drop(inner);
-            writer.wake();
-        }
+        wake_released(inner, |inner| &mut inner.writer);
     }
 
     /// Queues a refusal (an answer to a request that was not admitted), waiting while
@@ -106,11 +103,7 @@ impl Answers {
             inner.refusals += 1;
             let response = response.take().expect("polled after completion");
             inner.queue.push_back((response, Owed::Refusal));
-            let writer = inner.writer.take();
-            drop(inner);
-            if let Some(writer) = writer {
-                writer.wake();
-            }
+            wake_released(inner, |inner| &mut inner.writer);
             Poll::Ready(true)
         })
         .await
@@ -125,20 +118,14 @@ impl Answers {
         }
         inner.refusals += 1;
         inner.queue.push_back((response, Owed::Refusal));
-        if let Some(writer) = inner.writer.take() {
-            drop(inner);
-            writer.wake();
-        }
+        wake_released(inner, |inner| &mut inner.writer);
     }
 
     /// The reader stopped: once every owed answer has been taken, `next` returns `None`.
     pub fn reader_done(&self) {
         let mut inner = self.inner.borrow_mut();
         inner.reader_done = true;
-        if let Some(writer) = inner.writer.take() {
-            drop(inner);
-            writer.wake();
-        }
+        wake_released(inner, |inner| &mut inner.writer);
     }
 
     /// The writer stopped: later answers are dropped, a waiting refusal gives up.
@@ -148,10 +135,7 @@ impl Answers {
         while let Some((_, owed)) = inner.queue.pop_front() {
             inner.give_back(owed);
         }
-        if let Some(reader) = inner.reader.take() {
-            drop(inner);
-            reader.wake();
-        }
+        wake_released(inner, |inner| &mut inner.reader);
     }
 
     /// The next answer, waiting for one; `None` once the reader stopped and nothing is owed.
@@ -190,6 +174,16 @@ impl Answers {
     #[cfg(test)]
     pub fn owed(&self) -> usize {
         self.inner.borrow().owed
+    }
+}
+
+/// Takes the task waiting in `slot` and wakes it after releasing the borrow: waking must not
+/// happen with `inner` borrowed, in case the woken side runs before this returns.
+fn wake_released(mut inner: RefMut<'_, Inner>, slot: fn(&mut Inner) -> &mut Option<Waker>) {
+    let waker = slot(&mut inner).take();
+    drop(inner);
+    if let Some(waker) = waker {
+        waker.wake();
     }
 }
 
