@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Per-stage latency of the write path, from the nodes' own Prometheus counters: starts a
 # 3-node cluster with --metrics-addr, scrapes every node before and after a `kahuna bench`
-# put run, and prints p50/p99 of each stage over the run (bucket deltas, all nodes and cores
-# together; histogram buckets are 4 per power of two, so figures are within ~25%).
+# put run, and prints the mean, p50 and p99 of each stage over the run (bucket and sum deltas,
+# all nodes and cores together; histogram buckets are 4 per power of two, so the quantiles are
+# within ~25%; the means are exact, and unlike quantiles the parts' means add up to the whole's).
 #
 #   perf/stage-latency.sh [CLIENTS] [DURATION]     (default 64 clients, 10s)
 #
 # Stages: queue (proposal -> its batch), batch size, storage write+sync (and its split into the
-# engine's write+sync and the blocking-pool hand-off), replication (appends
+# engine's write+sync and the blocking-pool hand-off, with the hand-off's way there and way
+# back), replication (appends
 # sent -> commit known), follower (appends received -> durable ack sent), apply (client
 # answered from the in-memory apply -> apply batch written), and the whole request.
 set -euo pipefail
@@ -32,6 +34,13 @@ from collections import defaultdict
 def load(path):
     buckets = defaultdict(lambda: defaultdict(float))  # name -> le -> count (summed)
     for line in open(path):
+        m = re.match(r'^(kahuna_\w+)_sum\{(.*)\} (\S+)$', line)
+        if m:
+            name, labels, value = m.groups()
+            op = re.search(r'op="([^"]+)"', labels)
+            if op: name += "{op=" + op.group(1) + "}"
+            buckets[name]['sum'] += float(value)
+            continue
         m = re.match(r'^(kahuna_\w+)_bucket\{(.*)\} (\S+)$', line)
         if not m: continue
         name, labels, value = m.groups()
@@ -42,7 +51,7 @@ def load(path):
     return buckets
 before, after = load(sys.argv[1]), load(sys.argv[2])
 def quantile(cum, q):
-    les = sorted(cum)
+    les = sorted(le for le in cum if le != 'sum')
     total = cum[les[-1]]
     if total <= 0: return None
     rank, prev_le, prev = q * total, 0.0, 0.0
@@ -58,19 +67,22 @@ rows = [("queue (proposal -> batch)", "kahuna_write_queue_seconds", 1e6, "us"),
         ("  of which engine (write+sync)", "kahuna_storage_engine_seconds", 1e6, "us"),
         ("  of which pool hand-off", "kahuna_storage_handoff_seconds", 1e6, "us"),
         ("    its way there (to a pool thread)", "kahuna_storage_handoff_forward_seconds", 1e6, "us"),
+        ("    its way back (to the writer task)", "kahuna_storage_handoff_back_seconds", 1e6, "us"),
         ("replication (sent -> commit)", "kahuna_write_replication_seconds", 1e6, "us"),
         ("follower (received -> acked)", "kahuna_follower_ack_seconds", 1e6, "us"),
         ("  of which before the write", "kahuna_follower_queue_seconds", 1e6, "us"),
         ("apply (answered -> written)", "kahuna_write_apply_seconds", 1e6, "us"),
         ("request, put (node side)", "kahuna_request_seconds{op=put}", 1e6, "us")]
-print(f"{'stage':32} {'count':>10} {'p50':>10} {'p99':>10}  unit")
+print(f"{'stage':32} {'count':>10} {'mean':>10} {'p50':>10} {'p99':>10}  unit")
 for title, name, scale, unit in rows:
     a, b = after.get(name, {}), before.get(name, {})
     delta = {le: a[le] - b.get(le, 0.0) for le in a}
     if not delta:
         print(f"{title:32} {'-':>10}"); continue
+    total = delta.pop('sum', None)
     count = delta[float('inf')]
     p50, p99 = quantile(delta, 0.5), quantile(delta, 0.99)
+    mean = total / count if total is not None and count > 0 else None
     fmt = lambda v: "-" if v is None else f"{v*scale:.0f}"
-    print(f"{title:32} {count:>10.0f} {fmt(p50):>10} {fmt(p99):>10}  {unit}")
+    print(f"{title:32} {count:>10.0f} {fmt(mean):>10} {fmt(p50):>10} {fmt(p99):>10}  {unit}")
 PY

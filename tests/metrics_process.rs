@@ -86,6 +86,7 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         "kahuna_storage_engine_seconds",
         "kahuna_storage_handoff_seconds",
         "kahuna_storage_handoff_forward_seconds",
+        "kahuna_storage_handoff_back_seconds",
         "kahuna_write_replication_seconds",
         "kahuna_write_apply_seconds",
     ] {
@@ -112,7 +113,7 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
     );
     // Every write is split into the engine's part and the hand-off: one sample of each.
     let writes = sample(&text, "kahuna_storage_write_seconds_count{core=\"0\"}");
-    for part in ["engine", "handoff", "handoff_forward"] {
+    for part in ["engine", "handoff", "handoff_forward", "handoff_back"] {
         let name = format!("kahuna_storage_{part}_seconds_count{{core=\"0\"}}");
         assert_eq!(sample(&text, &name), writes, "{name}:\n{text}");
     }
@@ -124,10 +125,11 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
         (parts - whole).abs() <= 1e-3 + whole * 0.01,
         "{parts} vs {whole}"
     );
-    // The way to the pool thread is part of the hand-off.
+    // The ways to the pool thread and back are parts of the hand-off.
     let forward = sum("kahuna_storage_handoff_forward_seconds");
+    let back = sum("kahuna_storage_handoff_back_seconds");
     let handoff = sum("kahuna_storage_handoff_seconds");
-    assert!(forward <= handoff + 1e-3, "{forward} vs {handoff}");
+    assert!(forward + back <= handoff + 1e-3, "{forward} + {back} vs {handoff}");
 }
 
 /// In a 3-node cluster of one partition the followers' storage threads write their

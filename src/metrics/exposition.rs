@@ -51,7 +51,7 @@ type Stage = (
     Unit,
 );
 
-const STAGES: [Stage; 10] = [
+const STAGES: [Stage; 11] = [
     (
         "kahuna_write_queue_seconds",
         "Time from a client's proposal to the storage batch that carries it.",
@@ -86,6 +86,12 @@ const STAGES: [Stage; 10] = [
         "kahuna_storage_handoff_forward_seconds",
         "The hand-off's first half: from the core's call to a blocking pool thread starting on the batch.",
         |m| m.storage_forward_us.snapshot(),
+        Unit::MicrosAsSeconds,
+    ),
+    (
+        "kahuna_storage_handoff_back_seconds",
+        "The hand-off's way back: from the pool thread done with the batch to the core's writer running with the result.",
+        |m| m.storage_back_us.snapshot(),
         Unit::MicrosAsSeconds,
     ),
     (

@@ -130,6 +130,7 @@ mod tests {
             Duration::from_micros(200),
             Duration::from_micros(150),
             Duration::from_micros(30),
+            Duration::from_micros(15),
         );
         let mut stream = TcpStream::connect(addr).unwrap();
         stream

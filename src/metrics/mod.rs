@@ -91,8 +91,13 @@ pub struct CoreMetrics {
     pub storage_handoff_us: AtomicHistogram,
     /// Microseconds of the hand-off's forward half: from the reactor's call to a pool thread
     /// starting on the batch (a pool thread woken and given a CPU). The rest of the hand-off
-    /// is the way back (the reactor woken for the result).
+    /// is the pool thread's work after the engine's (the answers it sends, the fetches that
+    /// ride with the write) and the way back.
     pub storage_forward_us: AtomicHistogram,
+    /// Microseconds of the hand-off's way back: from the pool thread done with the batch to
+    /// the core's writer task running again with the result (the reactor woken, or done with
+    /// what it was running, and given a CPU).
+    pub storage_back_us: AtomicHistogram,
     /// Microseconds from a leader's batch carrying an entry (its appends leave then) to the
     /// batch that applies it (commit known).
     pub replication_us: AtomicHistogram,
@@ -232,10 +237,17 @@ impl CoreMetrics {
     /// A batch's storage write and sync took `elapsed` as the core waited for it, of which
     /// `engine` in the storage engine's own write call on the blocking pool, after `forward`
     /// spent reaching a pool thread.
-    pub fn storage_written(&self, elapsed: Duration, engine: Duration, forward: Duration) {
+    pub fn storage_written(
+        &self,
+        elapsed: Duration,
+        engine: Duration,
+        forward: Duration,
+        back: Duration,
+    ) {
         self.storage_write_us.record(micros(elapsed));
         self.storage_engine_us.record(micros(engine));
         self.storage_forward_us.record(micros(forward));
+        self.storage_back_us.record(micros(back));
         self.storage_handoff_us
             .record(micros(elapsed.saturating_sub(engine)));
     }

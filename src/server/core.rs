@@ -539,9 +539,10 @@ async fn write_batches(
             match written {
                 Ok(written) => {
                     crate::metrics::core(state.core).storage_written(
-                        writing.elapsed(),
+                        now.saturating_duration_since(writing),
                         written.engine,
                         written.forward,
+                        now.saturating_duration_since(written.done_at),
                     );
                     lanes_sent_at = written.lanes_sent_at;
                     state.transport.lane_frames_sent(&written.lanes_sent);

@@ -51,6 +51,9 @@ pub struct Written {
     pub lanes_sent: Vec<(NodeId, usize, usize)>,
     /// When the pool thread was done with them (`None` when it wrote none).
     pub lanes_sent_at: Option<Instant>,
+    /// When the pool thread was done with the whole trip (write, answers, fetches): the way
+    /// back to the reactor starts here.
+    pub done_at: Instant,
     /// The batch written, handed back for the reactor to drop. Its entries and values were
     /// allocated on the reactor: dropped on the pool thread they were hundreds of cross-thread
     /// frees per batch at 256 clients, made before the completion could reach the reactor.
@@ -182,6 +185,7 @@ impl StorageWriter {
                     fetched,
                     lanes_sent,
                     lanes_sent_at,
+                    done_at: Instant::now(),
                     batch,
                 })
             })
