@@ -129,7 +129,10 @@ fn metrics_endpoint_exposes_write_path_stages_after_writes() {
     let forward = sum("kahuna_storage_handoff_forward_seconds");
     let back = sum("kahuna_storage_handoff_back_seconds");
     let handoff = sum("kahuna_storage_handoff_seconds");
-    assert!(forward + back <= handoff + 1e-3, "{forward} + {back} vs {handoff}");
+    assert!(
+        forward + back <= handoff + 1e-3,
+        "{forward} + {back} vs {handoff}"
+    );
 }
 
 /// In a 3-node cluster of one partition the followers' storage threads write their

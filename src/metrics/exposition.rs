@@ -78,7 +78,7 @@ const STAGES: [Stage; 11] = [
     ),
     (
         "kahuna_storage_handoff_seconds",
-        "One batch's storage write less the engine's part: the hops to a blocking pool thread and back.",
+        "One batch's storage write less the engine's part: the hops to a blocking pool thread and back, and any wait there for the write ahead of it.",
         |m| m.storage_handoff_us.snapshot(),
         Unit::MicrosAsSeconds,
     ),

@@ -87,7 +87,8 @@ pub struct CoreMetrics {
     /// WAL write and its fdatasync), timed on the blocking-pool thread that runs it.
     pub storage_engine_us: AtomicHistogram,
     /// Microseconds of one batch's write that are not the engine's: the reactor waking a pool
-    /// thread, that thread getting a CPU, and the reactor waking again for the result.
+    /// thread, that thread getting a CPU (and waiting for the write ahead of it, when two are in
+    /// flight), and the reactor waking again for the result.
     pub storage_handoff_us: AtomicHistogram,
     /// Microseconds of the hand-off's forward half: from the reactor's call to a pool thread
     /// starting on the batch (a pool thread woken and given a CPU). The rest of the hand-off

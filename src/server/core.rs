@@ -5,9 +5,11 @@
 //! majority; the apply is deterministic), and hand the batch to the core's writer task, which
 //! writes it off the reactor (one sync), then releases what waited for durability: messages
 //! sent only once durable, and reads whose read point is now written.
-//! One batch is in flight at a time (`PIPELINE_DEPTH`): while it is written, the core keeps
+//! Up to two batches are in flight (`PIPELINE_DEPTH`): while they are written, the core keeps
 //! serving (client requests are proposed, peer messages stepped into the groups) and the next
 //! collect takes everything that arrived meanwhile, messages to send included (group commit).
+//! The second batch's write waits on a pool thread for the first's and follows it into the
+//! engine at once; both are finished here in collect order.
 //!
 //! Per-core state is `Rc<RefCell<..>>`; no borrow is ever held across an `.await`.
 
@@ -21,7 +23,7 @@ use bytes::Bytes;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use super::clients::DirectReply;
-use super::storage_writer::StorageWriter;
+use super::storage_writer::{StorageWriter, Written};
 use crate::kv::{Completion, Fetch, Fetched, KvMachine, Outcome};
 use crate::raft::{GroupId, Index, NodeId, RaftError, Role, Snapshot, Term};
 use crate::shard::{CompactionPolicy, Shard, ShardBatch, ShardError};
@@ -321,16 +323,28 @@ pub enum ProposeFailure {
 /// waits for a spare follower when the follower it normally waits for is down.
 const APPLY_HOLD: Duration = Duration::from_millis(2);
 
-/// Batches collected and not yet written and released, at most. With two, the loop collected
-/// and sent batch k+1 while batch k was written (a follower's sync overlapping the leader's);
-/// the collects, frames and writes were then smaller and more numerous for the same work, and
-/// on a CPU-bound machine that costs more than the overlap gains. Measured on the 2-core VM
-/// (fresh 3-node cluster, puts): `perf/cpu-per-op.sh 10000 8` 158.2/158.8 -> 148.9/147.1 us of
-/// node CPU per put; 256 clients, five pairs, median 20,200 -> 23,200 puts/s; 64 clients
-/// 13,282/11,199 -> 15,957/17,257; one client unchanged (587-604 against 530-628 us p50).
-/// Collecting during a write into one pending batch, its appends sent at once, kept the CPU
-/// cost of two in flight (159.1/162.0 us per put): the saving is in the collects and frames.
-const PIPELINE_DEPTH: usize = 1;
+/// Batches collected and not yet written and released, at most.
+///
+/// Two, because of what lies between two writes with one: batch k+1 was collected only once
+/// batch k's completion had come back to the reactor, so the engine sat idle for the hand-off's
+/// way back, the collect and the way to a pool thread. On the 2-core VM at 256 clients those
+/// were a third of the write cycle (`perf/stage-latency.sh 256 10s`, means: write 2,227 us =
+/// engine 1,312 + hand-off 915, of it 313 there and 515 back, the threads waiting for a CPU),
+/// and a follower's appends waited 2,445 us on average for the write before theirs. Now batch
+/// k+1's write is started while k's is in progress: it waits on a pool thread for its turn
+/// (`StorageWriter::write_and_fetch`) and enters the engine as soon as k's is done; the
+/// completions are still taken, and everything they release still released, in collect order.
+/// Measured (fresh 3-node cluster per run, 256 clients, `kahuna bench`), eleven alternated pairs
+/// one/two: 22,383/28,347, 26,888/37,353, 36,122/37,330, 35,264/31,670, 39,678/35,817,
+/// 38,419/41,232, 36,309/37,369, 35,623/40,224, 31,821/32,458, 22,688/23,956, 18,412/22,277
+/// puts/s (nine faster); a follower's wait before its write 2,445 -> 1,320 us mean. The
+/// batches are smaller (80 -> 61 entries mean), which costs CPU per put at a fixed rate
+/// (`perf/cpu-per-op.sh 12000 10`: 111.9/114.6 and 112.0/117.1 us); one client and 64 clients
+/// unchanged (p50 289-353 against 298-396 us; 64 clients 18,349-22,070 against
+/// 19,929-22,985 puts/s). (Two in flight measured worse once, when the second batch's write
+/// was started only after the first's completion: its appends left earlier but the engine
+/// still idled between writes, and the smaller batches cost more than that gained.)
+const PIPELINE_DEPTH: usize = 2;
 
 /// The main loop's settings, from the node's configuration.
 #[derive(Clone, Copy, Debug)]
@@ -504,9 +518,48 @@ async fn to_writer(
     pipe.send((batch, received, fetches)).await.is_ok()
 }
 
+/// A batch handed to the writer: its write started (or nothing to write), the rest of it
+/// waiting for that write.
+struct Started {
+    /// The batch, its `write` taken out when it was started.
+    batch: ShardBatch,
+    received: Option<Instant>,
+    /// When the write was started, and its trip to the blocking pool (`None`: nothing to write).
+    write: Option<(Instant, glommio::Task<crate::storage::Result<Written>>)>,
+}
+
+/// Starts `batch`'s write (on its own task, so that it reaches the blocking pool while an
+/// earlier write is still in progress there: the pool thread that takes it writes as soon as
+/// the earlier write is done, without a round trip through the reactor in between).
+fn start_write(state: &Rc<CoreState>, collected: Collected) -> Started {
+    let (mut batch, received, fetches) = collected;
+    if batch.write.is_empty() {
+        return Started {
+            batch,
+            received,
+            write: None,
+        };
+    }
+    let writing = Instant::now();
+    if let Some(received) = received {
+        crate::metrics::core(state.core)
+            .follower_queued(writing.saturating_duration_since(received));
+    }
+    let lane_frames = state.transport.lane_frames(batch.token.after_persist());
+    let write = std::mem::take(&mut batch.write);
+    // Its turn at the engine is taken here, in collect order (see `write_and_fetch`).
+    let task = glommio::spawn_local(state.storage.write_and_fetch(write, fetches, lane_frames));
+    Started {
+        batch,
+        received,
+        write: Some((writing, task)),
+    }
+}
+
 /// The writer: writes each collected batch in order (one atomic write, one sync), then releases
 /// what waited for it: messages sent only once durable, and reads whose read point is now in
-/// storage.
+/// storage. Up to `PIPELINE_DEPTH` writes are started at once; they reach the engine, and are
+/// finished here, in the order they were collected.
 async fn write_batches(
     state: Rc<CoreState>,
     collected: LocalReceiver<Collected>,
@@ -515,96 +568,158 @@ async fn write_batches(
     // Reads confirmed by a quorum but not yet applied and written locally: (context, group,
     // index).
     let mut parked_reads: Vec<(u64, GroupId, Index)> = Vec::new();
-    while let Some((batch, received, fetches)) = collected.recv().await {
-        // Nothing to write: every earlier batch is written first (this task writes them in
-        // order), so this one is as durable as they are, without a sync.
-        let mut lanes_sent = Vec::new();
-        let mut lanes_sent_at = None;
-        // The written batch, dropped once its answers have left (see `Written::batch`).
-        let mut spent = None;
-        if !batch.write.is_empty() {
-            let writing = Instant::now();
-            if let Some(received) = received {
-                crate::metrics::core(state.core)
-                    .follower_queued(writing.saturating_duration_since(received));
+    // Started, not yet finished, oldest first. Invariant: at most `PIPELINE_DEPTH` (the loop
+    // hands over no more than that many unfinished batches).
+    let mut started: VecDeque<Started> = VecDeque::new();
+    let mut open = true;
+    loop {
+        if started.is_empty() {
+            if !open {
+                return;
             }
-            let lane_frames = state.transport.lane_frames(batch.token.after_persist());
-            let written = state
-                .storage
-                .write_and_fetch(batch.write, fetches, lane_frames)
-                .await;
-            let now = Instant::now();
-            state.written_since_release.set(Some(now));
-            state.written_since_unload.set(Some(now));
-            match written {
-                Ok(written) => {
-                    crate::metrics::core(state.core).storage_written(
-                        now.saturating_duration_since(writing),
-                        written.engine,
-                        written.forward,
-                        now.saturating_duration_since(written.done_at),
-                    );
-                    lanes_sent_at = written.lanes_sent_at;
-                    state.transport.lane_frames_sent(&written.lanes_sent);
-                    lanes_sent = written.lanes_sent;
-                    fill_fetched(&state, written.fetched);
-                    spent = Some(written.batch);
-                }
-                Err(error) => {
-                    // A failed write leaves the log in an unknown state: stop serving rather than
-                    // acknowledge anything that may not be durable. (A failed read riding with
-                    // it stops the node too, as in `start_fetches`.)
-                    eprintln!(
-                        "kahuna: core {}: storage write or read failed, stopping the node: {error}",
-                        state.core
-                    );
-                    std::process::exit(70);
+            match collected.recv().await {
+                Some(next) => started.push_back(start_write(&state, next)),
+                None => return,
+            }
+            continue;
+        }
+        // The oldest first; a batch handed over meanwhile is started at once.
+        let front = started.front_mut().expect("not empty");
+        let written = match &mut front.write {
+            None => None,
+            Some((_, task)) => {
+                let handed = async {
+                    if open {
+                        Next::Handed(collected.recv().await)
+                    } else {
+                        std::future::pending().await
+                    }
+                };
+                match futures_lite::future::or(async { Next::Written(task.await) }, handed).await {
+                    Next::Written(written) => Some(written),
+                    Next::Handed(Some(next)) => {
+                        assert!(
+                            started.len() < PIPELINE_DEPTH,
+                            "more batches than the pipeline holds"
+                        );
+                        started.push_back(start_write(&state, next));
+                        continue;
+                    }
+                    Next::Handed(None) => {
+                        open = false;
+                        continue;
+                    }
                 }
             }
-        }
-        let written_applies = batch.token.written().to_vec();
-        let after = state.shard.borrow_mut().persisted(batch.token);
-        // Peers whose answers the pool thread wrote on their durable-answer lane are done.
-        let after: Vec<_> = after
-            .into_iter()
-            .filter(|(peer, _)| !lanes_sent.iter().any(|(sent, _, _)| sent == peer))
-            .collect();
-        // One sample per batch: when its first answers left (the storage thread's lane
-        // writes come before the reactor's sends).
-        let acked_at = lanes_sent_at.or_else(|| (!after.is_empty()).then(Instant::now));
-        if let (Some(received), Some(acked_at)) = (received, acked_at) {
-            crate::metrics::core(state.core)
-                .follower_acked(acked_at.saturating_duration_since(received));
-        }
-        for (peer, messages) in after {
-            let _ = state.transport.send(peer, messages);
-        }
-        mark_written(&state, &written_applies);
-        crate::metrics::stages::completed(state.core, &batch.applied);
-        for (_group, context) in batch.dropped_reads {
-            if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
-                let _ = sender.try_send(None);
-            }
-        }
-        for (group, read) in batch.read_states {
-            parked_reads.push((read.context, group, read.index));
-        }
-        // Release reads whose index is applied in a written batch: the local read that follows
-        // then sees every write the read point covers.
-        parked_reads.retain(|&(context, group, index)| {
-            let written = state.shard.borrow().written_applied(group).unwrap_or(0);
-            if written < index {
-                return true;
-            }
-            if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
-                let _ = sender.try_send(Some(index));
-            }
-            false
-        });
+        };
+        let Started {
+            batch,
+            received,
+            write,
+        } = started.pop_front().expect("not empty");
+        finish_write(
+            &state,
+            batch,
+            received,
+            write.map(|(writing, _)| writing).zip(written),
+            &mut parked_reads,
+        );
         in_flight.set(in_flight.get() - 1);
         state.ring();
-        drop(spent);
     }
+}
+
+/// What the writer waits for next: the oldest write's completion, or a batch handed over
+/// (`None`: the loop is gone).
+enum Next {
+    Written(crate::storage::Result<Written>),
+    Handed(Option<Collected>),
+}
+
+/// Releases what waited for `batch`'s write (`written`: when it started, and how it went;
+/// `None` when there was nothing to write: every earlier batch is finished first, so this one
+/// is as durable as they are, without a sync).
+fn finish_write(
+    state: &Rc<CoreState>,
+    batch: ShardBatch,
+    received: Option<Instant>,
+    written: Option<(Instant, crate::storage::Result<Written>)>,
+    parked_reads: &mut Vec<(u64, GroupId, Index)>,
+) {
+    let mut lanes_sent = Vec::new();
+    let mut lanes_sent_at = None;
+    // The written batch, dropped once its answers have left (see `Written::batch`).
+    let mut spent = None;
+    if let Some((writing, written)) = written {
+        let now = Instant::now();
+        state.written_since_release.set(Some(now));
+        state.written_since_unload.set(Some(now));
+        match written {
+            Ok(written) => {
+                crate::metrics::core(state.core).storage_written(
+                    now.saturating_duration_since(writing),
+                    written.engine,
+                    written.forward,
+                    now.saturating_duration_since(written.done_at),
+                );
+                lanes_sent_at = written.lanes_sent_at;
+                state.transport.lane_frames_sent(&written.lanes_sent);
+                lanes_sent = written.lanes_sent;
+                fill_fetched(state, written.fetched);
+                spent = Some(written.batch);
+            }
+            Err(error) => {
+                // A failed write leaves the log in an unknown state: stop serving rather than
+                // acknowledge anything that may not be durable. (A failed read riding with
+                // it stops the node too, as in `start_fetches`.)
+                eprintln!(
+                    "kahuna: core {}: storage write or read failed, stopping the node: {error}",
+                    state.core
+                );
+                std::process::exit(70);
+            }
+        }
+    }
+    let written_applies = batch.token.written().to_vec();
+    let after = state.shard.borrow_mut().persisted(batch.token);
+    // Peers whose answers the pool thread wrote on their durable-answer lane are done.
+    let after: Vec<_> = after
+        .into_iter()
+        .filter(|(peer, _)| !lanes_sent.iter().any(|(sent, _, _)| sent == peer))
+        .collect();
+    // One sample per batch: when its first answers left (the storage thread's lane
+    // writes come before the reactor's sends).
+    let acked_at = lanes_sent_at.or_else(|| (!after.is_empty()).then(Instant::now));
+    if let (Some(received), Some(acked_at)) = (received, acked_at) {
+        crate::metrics::core(state.core)
+            .follower_acked(acked_at.saturating_duration_since(received));
+    }
+    for (peer, messages) in after {
+        let _ = state.transport.send(peer, messages);
+    }
+    mark_written(&state, &written_applies);
+    crate::metrics::stages::completed(state.core, &batch.applied);
+    for (_group, context) in batch.dropped_reads {
+        if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
+            let _ = sender.try_send(None);
+        }
+    }
+    for (group, read) in batch.read_states {
+        parked_reads.push((read.context, group, read.index));
+    }
+    // Release reads whose index is applied in a written batch: the local read that follows
+    // then sees every write the read point covers.
+    parked_reads.retain(|&(context, group, index)| {
+        let written = state.shard.borrow().written_applied(group).unwrap_or(0);
+        if written < index {
+            return true;
+        }
+        if let Some((_, sender)) = state.reads.borrow_mut().remove(&context) {
+            let _ = sender.try_send(Some(index));
+        }
+        false
+    });
+    drop(spent);
 }
 
 /// Reads the state machine asked for while collecting (keys not in its cache, session tables)

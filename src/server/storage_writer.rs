@@ -8,7 +8,9 @@
 //! that long. Scan pages go through it too, each read in one view (one RocksDB iterator).
 //! Images stay behind the lock.
 
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,7 +45,8 @@ pub struct Written {
     /// The engine's own write call (and sync).
     pub engine: Duration,
     /// From the call to a pool thread starting on it: the forward half of the hand-off (the
-    /// reactor waking a pool thread, that thread getting a CPU).
+    /// reactor waking a pool thread, that thread getting a CPU), before any wait for the write
+    /// ahead of it.
     pub forward: Duration,
     /// The fetches that rode along.
     pub fetched: Vec<Fetched>,
@@ -66,9 +69,107 @@ pub struct StorageWriter {
     /// Only ever locked by one blocking call at a time: the mutex is what makes the backend
     /// movable into the blocking pool, not a point of contention.
     backend: Arc<Mutex<Box<dyn Backend>>>,
+    /// The order writes take the backend in: the order they were started on the reactor.
+    turns: Arc<Turns>,
     /// Reads kv data without the backend's lock, so a read does not wait behind a synced write
     /// (RocksDB); `None` where the backend has no such reader: reads then take the lock.
     reader: Option<Arc<dyn ConcurrentKvReader>>,
+}
+
+/// Writes take the backend in the order the reactor started them, whichever pool thread runs
+/// each (two may be on their way at once: see `core::write_batches`). A write's turn is its
+/// ticket, taken when it is started; a pool thread whose write is not next waits here before
+/// it takes the backend's lock (never while holding it, so the write before it can proceed).
+/// Once a write fails, every later one is refused without touching the backend: the core
+/// stops on the failure (`core::finish_write`), and a later batch written after an earlier one
+/// that was not (its vote, say) could send acknowledgements Raft must not send.
+struct Turns {
+    /// Tickets handed out.
+    issued: AtomicU64,
+    state: Mutex<TurnState>,
+    changed: Condvar,
+}
+
+struct TurnState {
+    /// The ticket whose write may take the backend now. Invariant: `next <= issued`, and every
+    /// ticket below it has finished its write, or failed it.
+    next: u64,
+    /// A write failed (or its thread panicked): the backend's state is unknown.
+    failed: bool,
+}
+
+impl Turns {
+    fn new() -> Turns {
+        Turns {
+            issued: AtomicU64::new(0),
+            state: Mutex::new(TurnState {
+                next: 0,
+                failed: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn ticket(&self) -> u64 {
+        self.issued.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Blocks the calling pool thread until `ticket` is next; the returned turn ends when it
+    /// is dropped (a failure unless marked a success).
+    fn wait_for(&self, ticket: u64) -> Result<Turn<'_>> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        while state.next != ticket {
+            assert!(
+                state.next < ticket,
+                "write ticket {ticket} came after its turn ({})",
+                state.next
+            );
+            state = self
+                .changed
+                .wait(state)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        let failed = state.failed;
+        drop(state);
+        let turn = Turn {
+            turns: self,
+            ticket,
+            succeeded: false,
+        };
+        if failed {
+            return Err(StorageError::Io {
+                context: "writing a batch after an earlier write failed".into(),
+                kind: std::io::ErrorKind::Other,
+                message: "the core's storage is stopped".into(),
+            });
+        }
+        Ok(turn)
+    }
+}
+
+/// One write's turn at the backend; the next ticket's comes when this is dropped.
+struct Turn<'a> {
+    turns: &'a Turns,
+    ticket: u64,
+    succeeded: bool,
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut state = self
+            .turns
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        assert_eq!(state.next, self.ticket, "a write finished out of turn");
+        state.next += 1;
+        state.failed |= !self.succeeded;
+        drop(state);
+        self.turns.changed.notify_all();
+    }
 }
 
 /// A kv read's error as the storage error it carries (or wraps).
@@ -96,6 +197,7 @@ impl StorageWriter {
         StorageWriter {
             reader: backend.concurrent_kv_reader(),
             backend: Arc::new(Mutex::new(backend)),
+            turns: Arc::new(Turns::new()),
         }
     }
 
@@ -150,48 +252,79 @@ impl StorageWriter {
     /// wake before they leave. They leave exactly when the reactor would have released them
     /// (after the write, synced when the batch asks for a sync), never before: a failed write
     /// sends nothing.
-    pub async fn write_and_fetch(
+    ///
+    /// The write's turn is taken when this is called, not when the future is first polled:
+    /// writes reach the engine in the order of these calls.
+    pub fn write_and_fetch(
         &self,
         batch: WriteBatch,
         fetches: Vec<Fetch>,
         lane_frames: Vec<LaneFrame>,
-    ) -> Result<Written> {
+    ) -> impl Future<Output = Result<Written>> + 'static {
         let backend = self.backend.clone();
         let reader = self.reader.clone();
+        let turns = self.turns.clone();
+        let ticket = turns.ticket();
         let called = Instant::now();
-        glommio::executor()
-            .spawn_blocking(move || {
-                let forward = called.elapsed();
-                let mut backend = backend.lock().map_err(|_| poisoned())?;
-                let started = Instant::now();
-                backend.write(&batch)?;
-                let engine = started.elapsed();
-                // The answers first: they wait for nothing but the write, and on a follower
-                // they are what the leader's commit waits for.
-                let lanes_sent: Vec<_> = lane_frames
-                    .iter()
-                    .filter(|sending| sending.lane.try_send(&sending.frame))
-                    .map(|sent| (sent.lane.peer(), sent.messages, sent.frame.len()))
-                    .collect();
-                let lanes_sent_at = (!lanes_sent.is_empty()).then(Instant::now);
-                let fetched = match &reader {
-                    Some(reader) => fetch_all(&ConcurrentReader(&**reader), fetches)?,
-                    None => fetch_all(&BackendReader(&**backend), fetches)?,
-                };
-                drop(backend);
-                Ok(Written {
-                    engine,
-                    forward,
-                    fetched,
-                    lanes_sent,
-                    lanes_sent_at,
-                    done_at: Instant::now(),
-                    batch,
+        async move {
+            glommio::executor()
+                .spawn_blocking(move || {
+                    let forward = called.elapsed();
+                    let mut turn = turns.wait_for(ticket)?;
+                    let written = write_on_pool(
+                        &backend,
+                        reader.as_deref(),
+                        batch,
+                        fetches,
+                        lane_frames,
+                        forward,
+                    );
+                    turn.succeeded = written.is_ok();
+                    written
                 })
-            })
-            .await
+                .await
+        }
     }
+}
 
+/// The blocking half of [`StorageWriter::write_and_fetch`], on a pool thread whose turn it is.
+fn write_on_pool(
+    backend: &Mutex<Box<dyn Backend>>,
+    reader: Option<&dyn ConcurrentKvReader>,
+    batch: WriteBatch,
+    fetches: Vec<Fetch>,
+    lane_frames: Vec<LaneFrame>,
+    forward: Duration,
+) -> Result<Written> {
+    let mut backend = backend.lock().map_err(|_| poisoned())?;
+    let started = Instant::now();
+    backend.write(&batch)?;
+    let engine = started.elapsed();
+    // The answers first: they wait for nothing but the write, and on a follower they are what
+    // the leader's commit waits for.
+    let lanes_sent: Vec<_> = lane_frames
+        .iter()
+        .filter(|sending| sending.lane.try_send(&sending.frame))
+        .map(|sent| (sent.lane.peer(), sent.messages, sent.frame.len()))
+        .collect();
+    let lanes_sent_at = (!lanes_sent.is_empty()).then(Instant::now);
+    let fetched = match reader {
+        Some(reader) => fetch_all(&ConcurrentReader(reader), fetches)?,
+        None => fetch_all(&BackendReader(&**backend), fetches)?,
+    };
+    drop(backend);
+    Ok(Written {
+        engine,
+        forward,
+        fetched,
+        lanes_sent,
+        lanes_sent_at,
+        done_at: Instant::now(),
+        batch,
+    })
+}
+
+impl StorageWriter {
     /// [`crate::storage::Backend::release_write_buffers`], off the reactor.
     pub async fn release_write_buffers(&self) -> Result<()> {
         let backend = self.backend.clone();
@@ -284,4 +417,69 @@ fn fetch_all(reader: &dyn KvReader, fetches: Vec<Fetch>) -> Result<Vec<Fetched>>
         .into_iter()
         .map(|fetch| fetch_blocking(reader, fetch).map_err(storage_error))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::Turns;
+
+    #[test]
+    fn writes_take_the_backend_in_ticket_order_whatever_thread_comes_first() {
+        let turns = Arc::new(Turns::new());
+        let (first, second) = (turns.ticket(), turns.ticket());
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        // The later ticket's thread arrives first and must wait.
+        let late = {
+            let (turns, order) = (turns.clone(), order.clone());
+            thread::spawn(move || {
+                let mut turn = turns.wait_for(second).expect("no failure");
+                order.lock().unwrap().push(second);
+                turn.succeeded = true;
+            })
+        };
+        thread::sleep(Duration::from_millis(50));
+        assert!(
+            order.lock().unwrap().is_empty(),
+            "ticket {second} went before {first}"
+        );
+        {
+            let mut turn = turns.wait_for(first).expect("no failure");
+            order.lock().unwrap().push(first);
+            turn.succeeded = true;
+        }
+        late.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![first, second]);
+    }
+
+    #[test]
+    fn a_failed_write_refuses_every_later_one() {
+        let turns = Turns::new();
+        let (failing, later, last) = (turns.ticket(), turns.ticket(), turns.ticket());
+        drop(turns.wait_for(failing).expect("first turn"));
+        assert!(turns.wait_for(later).is_err());
+        // A refused turn still passes the turn on.
+        assert!(turns.wait_for(last).is_err());
+    }
+
+    #[test]
+    fn a_panic_during_a_write_passes_the_turn_on_as_a_failure() {
+        let turns = Arc::new(Turns::new());
+        let (panicking, later) = (turns.ticket(), turns.ticket());
+        let holder = {
+            let turns = turns.clone();
+            thread::spawn(move || {
+                let _turn = turns.wait_for(panicking).expect("first turn");
+                panic!("the engine panicked");
+            })
+        };
+        assert!(holder.join().is_err());
+        assert!(
+            turns.wait_for(later).is_err(),
+            "the write after a panic must not go"
+        );
+    }
 }
