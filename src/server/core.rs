@@ -345,6 +345,9 @@ const APPLY_HOLD: Duration = Duration::from_millis(2);
 /// was started only after the first's completion: its appends left earlier but the engine
 /// still idled between writes, and the smaller batches cost more than that gained.)
 const PIPELINE_DEPTH: usize = 2;
+// A write waiting for its turn holds a pool thread: with more writes in flight than threads,
+// the write whose turn it is could find none free (see `StorageWriter::write_and_fetch`).
+const _: () = assert!(PIPELINE_DEPTH <= super::node::BLOCKING_THREADS_PER_CORE);
 
 /// The main loop's settings, from the node's configuration.
 #[derive(Clone, Copy, Debug)]

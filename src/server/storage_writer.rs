@@ -254,7 +254,10 @@ impl StorageWriter {
     /// sends nothing.
     ///
     /// The write's turn is taken when this is called, not when the future is first polled:
-    /// writes reach the engine in the order of these calls.
+    /// writes reach the engine in the order of these calls. A write waiting for its turn holds
+    /// its pool thread, so a caller keeps fewer writes outstanding than the pool has threads
+    /// (the core: `PIPELINE_DEPTH` against `BLOCKING_THREADS_PER_CORE`): reads never wait for a
+    /// turn, so the write whose turn it is always gets a thread.
     pub fn write_and_fetch(
         &self,
         batch: WriteBatch,
