@@ -257,7 +257,9 @@ impl StorageWriter {
     /// writes reach the engine in the order of these calls. A write waiting for its turn holds
     /// its pool thread, so a caller keeps fewer writes outstanding than the pool has threads
     /// (the core: `PIPELINE_DEPTH` against `BLOCKING_THREADS_PER_CORE`): reads never wait for a
-    /// turn, so the write whose turn it is always gets a thread.
+    /// turn, so the write whose turn it is always gets a thread. The returned future must be
+    /// run to completion (the core spawns it and keeps its task until it ends): dropped
+    /// unpolled, its turn never comes and passes, and every later write waits.
     pub fn write_and_fetch(
         &self,
         batch: WriteBatch,
